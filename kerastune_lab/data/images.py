@@ -1,0 +1,278 @@
+"""Image data: a folder of class subfolders, or a TFDS dataset, as tf.data.
+
+    data=path/to/dir        dir/<class>/*.jpg|png|bmp|gif (one subfolder a class)
+    data=tfds:cats_vs_dogs  any TFDS image-classification dataset
+
+Files that are not images, or images that cannot be read, are skipped with a
+warning that counts them. Keras' `image_dataset_from_directory` does neither
+(it fails on the first bad file) and cannot split stratified, hence this
+module.
+"""
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from kerastune_lab.errors import KerastuneError
+
+log = logging.getLogger("kerastune_lab")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+TFDS_PREFIX = "tfds:"
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Training and validation pipelines with what describes them."""
+
+    train: object  # tf.data.Dataset of (float32 images 0-255, int labels)
+    val: object
+    class_names: list
+    num_train: int
+    num_val: int
+    skipped: dict = dataclasses.field(default_factory=dict)
+
+
+def _readable(path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception:
+        return False
+
+
+def scan_image_folder(root):
+    """Lists the images of a folder with one subfolder per class.
+
+    Returns:
+        (paths, labels, class_names, skipped): labels index `class_names`
+        (sorted subfolder names); `skipped` counts `not_image` and
+        `unreadable` files.
+    """
+    root = os.path.expanduser(os.fspath(root))
+    if not os.path.exists(root):
+        raise KerastuneError(f"data folder {root!r} does not exist")
+    if not os.path.isdir(root):
+        raise KerastuneError(
+            f"data {root!r} is not a folder: expected a folder with one "
+            "subfolder per class"
+        )
+    class_names = sorted(
+        d for d in os.listdir(root)
+        if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
+    )
+    paths, labels = [], []
+    skipped = {"not_image": 0, "unreadable": 0}
+    examples = []
+    for index, name in enumerate(class_names):
+        for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(root, name))):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = os.path.join(dirpath, filename)
+                if filename.startswith(".") or not filename.lower().endswith(IMAGE_EXTENSIONS):
+                    skipped["not_image"] += 1
+                    examples.append(path)
+                elif not _readable(path):
+                    skipped["unreadable"] += 1
+                    examples.append(path)
+                else:
+                    paths.append(path)
+                    labels.append(index)
+    if sum(skipped.values()):
+        log.warning(
+            "skipped %d file(s) in %s: %d not an image, %d unreadable (e.g. %s)",
+            sum(skipped.values()), root, skipped["not_image"],
+            skipped["unreadable"], examples[0],
+        )
+    found = sorted({class_names[i] for i in labels})
+    if not paths:
+        raise KerastuneError(
+            f"data folder {root!r} holds no readable image: expected "
+            f"<class>/*{'|'.join(IMAGE_EXTENSIONS)} subfolders"
+        )
+    if len(found) < 2:
+        raise KerastuneError(
+            f"data folder {root!r} has images of one class only ({found[0]!r}): "
+            "expected at least 2 class subfolders"
+        )
+    empty = [n for n in class_names if n not in found]
+    if empty:
+        raise KerastuneError(
+            f"data folder {root!r}: class subfolder(s) {', '.join(empty)} hold "
+            "no readable image"
+        )
+    return paths, labels, class_names, skipped
+
+
+def stratified_split(labels, fraction, seed):
+    """Returns (train_indices, val_indices), `fraction` of each class to val."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(idx) * fraction))
+        n_val = min(max(n_val, 1), len(idx) - 1) if fraction > 0 and len(idx) > 1 else 0
+        val += idx[:n_val].tolist()
+        train += idx[n_val:].tolist()
+    return sorted(train), sorted(val)
+
+
+def decode_image(contents, image_size):
+    """Decodes JPEG/PNG/BMP/GIF bytes (grayscale, RGB, RGBA, 8 or 16 bit) to
+    a float32 (size, size, 3) tensor with values in 0-255."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image = tf.image.resize(image, (image_size, image_size))
+    return tf.ensure_shape(image, (image_size, image_size, 3))
+
+
+def augmentation_layers(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0, seed=None):
+    """Returns Keras random-augmentation layers to apply in a tf.data map.
+
+    Args:
+        flip: str or None. "horizontal", "vertical", "horizontal_and_vertical"
+            or None. Defaults to "horizontal".
+        rotation: float. Largest rotation, as a fraction of a full turn.
+        zoom: float. Largest zoom in or out, as a fraction of the size.
+        contrast: float. Largest contrast change, as a fraction.
+        seed: int or None.
+    """
+    import keras
+
+    layers = []
+    if flip:
+        layers.append(keras.layers.RandomFlip(flip, seed=seed))
+    if rotation:
+        layers.append(keras.layers.RandomRotation(rotation, fill_mode="reflect", seed=seed))
+    if zoom:
+        layers.append(keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed))
+    if contrast:
+        layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=seed))
+    return layers
+
+
+def _augment(layers):
+    # Keras preprocessing layers switch to TensorFlow ops inside tf.data on
+    # every backend when called one by one (a keras.Sequential would not).
+    def apply(images, labels):
+        for layer in layers:
+            images = layer(images, training=True)
+        return images, labels
+
+    return apply
+
+
+def pipeline(ds, batch_size, shuffle=False, augment=(), seed=None, repeat_size=None):
+    """Batches a dataset of (image, label), augmenting and prefetching."""
+    import tensorflow as tf
+
+    if shuffle:
+        ds = ds.shuffle(repeat_size or 1024, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment:
+        ds = ds.map(_augment(list(augment)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def files_dataset(paths, labels, image_size):
+    """A tf.data.Dataset of (image, label) decoded from files."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, "int32")))
+    ds = ds.map(
+        lambda p, y: (decode_image(tf.io.read_file(p), image_size), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    # A file that passed the scan but fails to decode is dropped, not fatal.
+    return ds.ignore_errors(log_warning=True)
+
+
+def load_image_folder(root, image_size, batch_size, val_split=0.2, seed=0, augment=()):
+    """Loads a class-subfolder tree with a stratified validation split."""
+    paths, labels, class_names, skipped = scan_image_folder(root)
+    if not 0 < val_split < 1:
+        raise KerastuneError(f"val_split={val_split}: expected a fraction between 0 and 1")
+    train_idx, val_idx = stratified_split(labels, val_split, seed)
+    take = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
+    train = files_dataset(*take(train_idx), image_size)
+    val = files_dataset(*take(val_idx), image_size)
+    return ImageData(
+        train=pipeline(train, batch_size, shuffle=True, augment=augment, seed=seed,
+                       repeat_size=len(train_idx)),
+        val=pipeline(val, batch_size),
+        class_names=class_names,
+        num_train=len(train_idx),
+        num_val=len(val_idx),
+        skipped=skipped,
+    )
+
+
+def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), data_dir=None):
+    """Loads a TFDS image-classification dataset (`tfds:NAME`, downloads once)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        from kerastune_lab.config import closest
+
+        raise KerastuneError(
+            f"unknown TFDS dataset {name!r}{closest(name, tfds.list_builders())}"
+        ) from None
+    info = builder.info
+    if "label" not in info.features or not hasattr(info.features["label"], "names"):
+        raise KerastuneError(f"TFDS dataset {name!r} has no class 'label' feature")
+    class_names = list(info.features["label"].names)
+    if "validation" in info.splits:
+        splits = ["train", "validation"]
+    else:
+        cut = int(round(100 * (1 - val_split)))
+        splits = [f"train[:{cut}%]", f"train[{cut}%:]"]
+    train, val = tfds.load(name, split=splits, as_supervised=True, data_dir=data_dir,
+                           shuffle_files=True, read_config=tfds.ReadConfig(shuffle_seed=seed))
+    resize = lambda x, y: (tf.image.resize(x, (image_size, image_size)), tf.cast(y, "int32"))  # noqa: E731
+    num_train = int(train.cardinality())
+    num_val = int(val.cardinality())
+    train = train.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+    val = val.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+    return ImageData(
+        train=pipeline(train, batch_size, shuffle=True, augment=augment, seed=seed),
+        val=pipeline(val, batch_size),
+        class_names=class_names,
+        num_train=num_train,
+        num_val=num_val,
+    )
+
+
+def load_image_data(data, image_size, batch_size, val_split=0.2, seed=0, augment=()):
+    """Loads `data`: 'tfds:NAME' or a folder of class subfolders."""
+    if data.startswith(TFDS_PREFIX):
+        return load_tfds(data[len(TFDS_PREFIX):], image_size, batch_size, val_split, seed, augment)
+    return load_image_folder(data, image_size, batch_size, val_split, seed, augment)
+
+
+def load_images(paths, image_size):
+    """Reads image files for prediction into a float32 (n, size, size, 3) array."""
+    import tensorflow as tf
+
+    images = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise KerastuneError(f"image {path!r} does not exist")
+        with open(path, "rb") as f:
+            contents = f.read()
+        try:
+            images.append(decode_image(tf.constant(contents), image_size).numpy())
+        except (tf.errors.InvalidArgumentError, ValueError):
+            raise KerastuneError(
+                f"image {path!r} cannot be read: expected a JPEG, PNG, BMP or GIF file"
+            ) from None
+    return np.stack(images)

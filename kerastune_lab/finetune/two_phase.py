@@ -1,0 +1,68 @@
+"""Two-phase fine-tuning: train a new head on a frozen backbone, then all of it.
+
+    phase 1 "head":      backbone.trainable = False, learning rate ~1e-3
+    phase 2 "finetune":  backbone.trainable = True,  learning rate ~1e-5
+
+As in the Keras transfer-learning guide, BatchNormalization layers stay in
+inference mode in both phases (a frozen BatchNorm layer runs in inference
+mode in Keras 3): updating their statistics on a small dataset at a tiny
+learning rate destroys what the backbone learned. `train_batchnorm=True`
+unfreezes them in phase 2.
+"""
+
+import keras
+
+HEAD, FINETUNE = "head", "finetune"
+
+
+def set_backbone_trainable(model, trainable, train_batchnorm=False):
+    """Freezes or unfreezes `model.backbone` (BatchNorm frozen unless asked)."""
+    model.backbone.trainable = trainable
+    if trainable and not train_batchnorm:
+        for layer in model.backbone._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
+def compile_classifier(model, learning_rate):
+    """Compiles for integer labels on logits with Adam at `learning_rate`."""
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=metrics,
+    )
+
+
+def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
+              learning_rate, callbacks=lambda phase: [], train_batchnorm=False,
+              **fit_kwargs):
+    """Runs both phases and returns {phase: keras History}.
+
+    Args:
+        model: a KerasHub task with a `backbone`.
+        train, val: datasets for `model.fit`.
+        head_epochs: int. Phase 1 epochs (0 skips it).
+        head_learning_rate: float. Phase 1 learning rate.
+        epochs: int. Phase 2 epochs (0 skips it).
+        learning_rate: float. Phase 2 learning rate.
+        callbacks: callable. `callbacks(phase)` returns that phase's callbacks.
+        train_batchnorm: bool. Let BatchNorm statistics update in phase 2.
+        **fit_kwargs: passed to both `fit` calls (e.g. `class_weight`).
+    """
+    from kerastune_lab.training import fit_verbosity
+
+    fit_kwargs.setdefault("verbose", fit_verbosity())
+    histories = {}
+    if head_epochs:
+        set_backbone_trainable(model, False)
+        compile_classifier(model, head_learning_rate)
+        histories[HEAD] = model.fit(train, validation_data=val, epochs=head_epochs,
+                                    callbacks=callbacks(HEAD), **fit_kwargs)
+    if epochs:
+        set_backbone_trainable(model, True, train_batchnorm)
+        compile_classifier(model, learning_rate)  # recompile: trainable flags changed
+        histories[FINETUNE] = model.fit(train, validation_data=val, initial_epoch=head_epochs,
+                                        epochs=head_epochs + epochs,
+                                        callbacks=callbacks(FINETUNE), **fit_kwargs)
+    return histories

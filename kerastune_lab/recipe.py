@@ -1,0 +1,106 @@
+"""Load a recipe file and run it: what `kerastune run` does, importable.
+
+A recipe is a Python file with
+    Config          a dataclass: typed, commented defaults
+    main(config, run)   data, model, training, evaluation, saving
+    smoke()         optional: returns the overrides of `--smoke` (a tiny
+                    preset and small generated data in the real layout)
+
+`run_recipe` applies `--smoke`, then the command line's `key=value`
+overrides, makes the run directory, writes `config.json`, calls `main`,
+plots the training curves and marks the run finished.
+"""
+
+import dataclasses
+import datetime
+import importlib.util
+import logging
+import os
+import sys
+
+from kerastune_lab import config as config_lib
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.runs import RunDir, default_run_dir, package_versions
+
+log = logging.getLogger("kerastune_lab")
+
+
+def load_recipe(path):
+    """Imports a recipe file as a module and checks it has Config and main."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise KerastuneError(f"recipe file {path!r} does not exist")
+    if not path.endswith(".py"):
+        raise KerastuneError(f"recipe file {path!r}: expected a Python file ending in .py")
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"kerastune_recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not dataclasses.is_dataclass(getattr(module, "Config", None)):
+        raise KerastuneError(f"recipe file {path!r} has no Config dataclass")
+    if not callable(getattr(module, "main", None)):
+        raise KerastuneError(f"recipe file {path!r} has no main(config, run) function")
+    module.RECIPE_NAME = name
+    return module
+
+
+def resolve_config(module, smoke=False, overrides=()):
+    """Returns the recipe's config with `--smoke` then `overrides` applied."""
+    cfg = module.Config()
+    if smoke:
+        if not callable(getattr(module, "smoke", None)):
+            raise KerastuneError(f"recipe {module.RECIPE_NAME!r} has no smoke() settings")
+        cfg = config_lib.apply_overrides(cfg, module.smoke())
+    return config_lib.apply_overrides(cfg, list(overrides))
+
+
+def _add_log_file(run):
+    handler = logging.FileHandler(run.file("log.txt"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("kerastune_lab").addHandler(handler)
+    return handler
+
+
+def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False):
+    """Runs a recipe file end to end and returns its RunDir.
+
+    The backend must already be chosen (`kerastune_lab.backend.use_backend`).
+    """
+    module = load_recipe(path)
+    cfg = resolve_config(module, smoke, overrides)
+    import keras
+
+    run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME), overwrite=overwrite)
+    handler = _add_log_file(run)
+    try:
+        run.write_json("config.json", {
+            "recipe": module.RECIPE_NAME,
+            "recipe_path": os.path.abspath(path),
+            "backend": keras.backend.backend(),
+            "smoke": smoke,
+            "overrides": list(overrides),
+            "config": config_lib.to_dict(cfg),
+            "versions": package_versions(),
+            "command": sys.argv,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        })
+        if hasattr(cfg, "seed"):
+            keras.utils.set_random_seed(cfg.seed)
+        module.main(cfg, run)
+        if os.path.exists(run.file("history.csv")):
+            from kerastune_lab.evaluate import plot_history
+            from kerastune_lab.runs import read_csv
+
+            plot_history(read_csv(run.file("history.csv")), run.file("training_curves.png"))
+        run.finish()
+    except KerastuneError:
+        # Bad input found once the run had started: nothing of value was
+        # written, so leave no half-made run directory behind.
+        logging.getLogger("kerastune_lab").removeHandler(handler)
+        handler.close()
+        run.discard()
+        raise
+    finally:
+        logging.getLogger("kerastune_lab").removeHandler(handler)
+        handler.close()
+    return run

@@ -1,0 +1,185 @@
+"""Tiny presets and data for tests and `--smoke`, built offline.
+
+Real presets and datasets download at run time; this machine-independent
+module builds stand-ins that travel the same road: tiny KerasHub models
+built from config, with tokenizer vocabularies generated here, saved with
+`save_to_preset` and loaded back by the recipes through `from_preset(dir)`;
+and small datasets written on disk in the real layouts.
+
+    path = tiny_preset("resnet")            # cached under KERASTUNE_CACHE
+    model = keras_hub.models.ImageClassifier.from_preset(path, num_classes=2)
+"""
+
+import io
+import os
+
+import numpy as np
+
+from kerastune_lab.runs import atomic_path
+
+PRESET_KINDS = ("resnet", "distilbert", "gpt2", "llama")
+
+# Real English words, for vocabularies and generated text.
+WORDS = """
+the a an and or but if then so because of to in on at by for with from about
+as into over after before under between is are was were be been am do does
+did have has had will would can could should may might must not no yes very
+too also just only even still again never always often sometimes here there
+now today tomorrow yesterday what why how when where who which this that
+these those it its i me my you your we our they their he she him her good
+bad great terrible awful wonderful brilliant boring dull amazing perfect poor
+best worst love hate like enjoy loved hated liked enjoyed movie film story
+plot actor actors acting scene scenes music ending director script character
+characters time year people man woman world life day night house car dog
+cat sun rain coffee work meeting email phone computer weather monday
+weekend friend party food dinner idea plan problem answer question thing
+really sure oh wow well fine right nice thanks please sorry hello
+""".split()
+
+CHAT_MARKERS = ("<|user|>", "<|assistant|>")
+
+
+def cache_dir(*parts):
+    """Returns (and makes) `$KERASTUNE_CACHE/...` (default ~/.cache/kerastune_lab)."""
+    root = os.environ.get("KERASTUNE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "kerastune_lab")
+    path = os.path.join(root, *parts)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def sentences(n, seed=0, length=(6, 14)):
+    """Returns `n` random sentences of real words."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, rng.integers(*length))) for _ in range(n)]
+
+
+def wordpiece_vocabulary():
+    """A WordPiece vocabulary (BERT special tokens, then whole words)."""
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [
+        c for c in ".,!?'-0123456789"]
+
+
+def byte_pair_vocabulary(vocab_size=400):
+    """A GPT-2 style byte-level BPE (vocabulary dict, merges list), trained on
+    generated sentences with Hugging Face `tokenizers`."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(sentences(400), vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=["<|endoftext|>", *CHAT_MARKERS], show_progress=False)
+    model = __import__("json").loads(tok.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+def sentencepiece_proto(vocab_size=120):
+    """A Llama-2 style SentencePiece model (bytes), trained on generated sentences."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences(400)), model_writer=buf, vocab_size=vocab_size,
+        model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>",
+        unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+        user_defined_symbols=list(CHAT_MARKERS), minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def build_tiny_task(kind, seed=0):
+    """Builds a tiny KerasHub task model of `kind` (one of PRESET_KINDS)."""
+    import keras
+    import keras_hub
+    from keras_hub import models
+
+    keras.utils.set_random_seed(seed)
+    if kind == "resnet":
+        backbone = models.ResNetBackbone(
+            input_conv_filters=[64], input_conv_kernel_sizes=[3],
+            stackwise_num_filters=[64], stackwise_num_blocks=[1], stackwise_num_strides=[1],
+            block_type="basic_block", image_shape=(None, None, 3))
+        converter = keras_hub.layers.ResNetImageConverter(
+            image_size=(32, 32), scale=1 / 255.0)
+        preprocessor = models.ResNetImageClassifierPreprocessor(image_converter=converter)
+        # Saved with a 10-class head, as a real preset has its ImageNet head.
+        return models.ResNetImageClassifier(backbone=backbone, num_classes=10,
+                                            preprocessor=preprocessor)
+    if kind == "distilbert":
+        tokenizer = models.DistilBertTokenizer(vocabulary=wordpiece_vocabulary())
+        backbone = models.DistilBertBackbone(
+            vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=128)
+        preprocessor = models.DistilBertTextClassifierPreprocessor(tokenizer, sequence_length=64)
+        return models.DistilBertTextClassifier(backbone=backbone, num_classes=2,
+                                               preprocessor=preprocessor)
+    if kind == "gpt2":
+        vocabulary, merges = byte_pair_vocabulary()
+        tokenizer = models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)
+        backbone = models.GPT2Backbone(
+            vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=256)
+        preprocessor = models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=64)
+        return models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
+    if kind == "llama":
+        tokenizer = models.LlamaTokenizer(proto=sentencepiece_proto())
+        backbone = models.LlamaBackbone(
+            vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_query_heads=4,
+            num_key_value_heads=2, hidden_dim=16, intermediate_dim=32)
+        preprocessor = models.LlamaCausalLMPreprocessor(tokenizer, sequence_length=64)
+        return models.LlamaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    raise ValueError(f"unknown tiny preset kind {kind!r}: expected one of {PRESET_KINDS}")
+
+
+def save_tiny_preset(kind, path, seed=0):
+    """Builds a tiny `kind` task and saves it as a preset folder at `path`."""
+    task = build_tiny_task(kind, seed)
+    with atomic_path(path) as tmp:
+        task.save_to_preset(tmp)
+    return path
+
+
+def tiny_preset(kind):
+    """Returns the folder of a cached tiny preset of `kind`, building it once."""
+    path = os.path.join(cache_dir("presets"), f"tiny_{kind}")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        save_tiny_preset(kind, path)
+    return path
+
+
+def make_image_folder(root, class_names=("cat", "dog"), per_class=16, size=40,
+                      seed=0, mode="RGB", ext=".jpg", extras=False):
+    """Writes `root/<class>/*.jpg` with classes a model can tell apart.
+
+    Class k is drawn around its own colour (RGB) or brightness (grayscale),
+    with noise, and a bright square in a class-dependent corner.
+
+    Args:
+        extras: bool. Also write one non-image file and one corrupt image
+            into the first class, for the loader's skip path.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(class_names):
+        folder = os.path.join(root, name)
+        os.makedirs(folder, exist_ok=True)
+        base = np.zeros(3)
+        base[k % 3] = 170
+        for i in range(per_class):
+            pixels = rng.normal(60, 25, (size, size, 3)) + base
+            q = size // 3
+            r0, c0 = (0, 0) if k % 2 == 0 else (size - q, size - q)
+            pixels[r0:r0 + q, c0:c0 + q] = 250
+            pixels = np.clip(pixels, 0, 255).astype("uint8")
+            image = Image.fromarray(pixels, "RGB")
+            if mode != "RGB":
+                image = image.convert(mode)
+            image.save(os.path.join(folder, f"{name}_{i:04d}{ext}"))
+    if extras:
+        first = os.path.join(root, class_names[0])
+        with open(os.path.join(first, "notes.txt"), "w") as f:
+            f.write("not an image\n")
+        with open(os.path.join(first, "broken.jpg"), "wb") as f:
+            f.write(rng.bytes(300))
+    return root
