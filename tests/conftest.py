@@ -1,0 +1,99 @@
+"""Shared test helpers.
+
+The whole suite runs on the backend in KERAS_BACKEND (CI runs it once per
+backend). Tiny presets and generated data are cached in one temporary folder
+for the session, never downloaded.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+_CACHE = tempfile.mkdtemp(prefix="kerastune-test-cache-")
+os.environ["KERASTUNE_CACHE"] = _CACHE
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Nothing may download at test time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TFDS_DISABLE_GCS"] = "1"
+
+from kerastune_lab import backend as backend_lib  # noqa: E402
+
+BACKEND = backend_lib.use_backend(None)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-large", action="store_true", help="run tests marked large")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-large"):
+        return
+    skip = pytest.mark.skip(reason="large: needs --run-large")
+    for item in items:
+        if "large" in item.keywords:
+            item.add_marker(skip)
+
+
+class CliResult:
+    def __init__(self, code, stdout, stderr):
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    @property
+    def last_line(self):
+        lines = self.stdout.strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def __repr__(self):
+        return f"CliResult(code={self.code}, stderr={self.stderr[-2000:]!r})"
+
+
+def run_cli(*args, env=None, timeout=600, input=None):
+    """Runs the real `kerastune` command in a fresh process."""
+    full_env = dict(os.environ, KERAS_BACKEND=BACKEND, **(env or {}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kerastune_lab.cli", *map(str, args)],
+        capture_output=True, text=True, env=full_env, timeout=timeout, input=input,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Runs `kerastune` in this process (fast: keras is already imported).
+
+    Returns a function: cli("run", "recipes/x.py", ...) -> CliResult.
+    """
+    from kerastune_lab.cli import main
+
+    def call(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return call
+
+
+def assert_one_line_error(result, *fragments):
+    """Exit code 2, one line on stderr naming the input, no traceback."""
+    assert result.code == 2, result
+    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("kerastune: error:")
+             or l.startswith("Error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def recipe_path(name):
+    return os.path.join(ROOT, "recipes", f"{name}.py")
