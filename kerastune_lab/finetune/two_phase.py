@@ -41,7 +41,8 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
 
     Args:
         model: a KerasHub task with a `backbone`.
-        train, val: datasets for `model.fit`.
+        train: a dataset for `model.fit`, or an `(x, y)` tuple of arrays.
+        val: validation data (dataset or `(x, y)`), or None.
         head_epochs: int. Phase 1 epochs (0 skips it).
         head_learning_rate: float. Phase 1 learning rate.
         epochs: int. Phase 2 epochs (0 skips it).
@@ -53,6 +54,9 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
     from kerastune_lab.training import fit_verbosity
 
     fit_kwargs.setdefault("verbose", fit_verbosity())
+    if isinstance(train, tuple):
+        fit_kwargs["y"] = train[1]
+        train = train[0]
     histories = {}
     if head_epochs:
         set_backbone_trainable(model, False)

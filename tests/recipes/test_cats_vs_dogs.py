@@ -1,0 +1,108 @@
+"""cats_vs_dogs through the real `kerastune` CLI."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from kerastune_lab import testing
+from tests.conftest import BACKEND, assert_one_line_error, recipe_path, run_cli
+
+RECIPE = recipe_path("cats_vs_dogs")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "cvd"
+    result = run_cli("run", RECIPE, "--smoke", "--output-dir", out, "head_epochs=1", "epochs=2")
+    assert result.code == 0, result
+    return out, result
+
+
+def test_smoke_run_writes_the_run_directory(smoke_run):
+    out, result = smoke_run
+    assert result.last_line == str(out)
+    for name in ("config.json", "history.csv", "metrics.json", "training_curves.png",
+                 "labels.json", "FINISHED", "model/config.json", "model/task.json"):
+        assert os.path.exists(out / name), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["backend"] == BACKEND
+    assert config["smoke"] is True
+    assert config["versions"]["keras"] and config["versions"]["keras-hub"]
+    # Overrides on the command line apply on top of --smoke.
+    assert config["config"]["head_epochs"] == 1 and config["config"]["epochs"] == 2
+    assert config["config"]["image_size"] == 32
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["phase"] for r in rows] == ["head", "finetune", "finetune"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[0]["learning_rate"]) == pytest.approx(1e-3)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("head_val_accuracy", "finetune_val_accuracy", "val_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["skipped"] == {"not_image": 1, "unreadable": 1}
+    assert json.loads((out / "labels.json").read_text()) == ["cat", "dog"]
+    assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporaries left
+
+
+def test_predict_prints_label_and_probability(smoke_run, tmp_path):
+    out, _ = smoke_run
+    folder = testing.make_image_folder(tmp_path / "new", ("cat", "dog"), per_class=1, seed=5)
+    paths = [os.path.join(folder, "cat", "cat_0000.jpg"), os.path.join(folder, "dog", "dog_0000.jpg")]
+    result = run_cli("predict", out, *paths)
+    assert result.code == 0, result
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert [line[0] for line in lines] == paths
+    assert all(line[1] in ("cat", "dog") and 0.5 <= float(line[2]) <= 1.0 for line in lines)
+
+
+def test_finished_run_is_not_overwritten(smoke_run, cli):
+    out, _ = smoke_run
+    before = {n: os.path.getmtime(out / n) for n in os.listdir(out)}
+    result = cli("run", RECIPE, "--smoke", "--output-dir", out)
+    assert_one_line_error(result, str(out), "finished run", "--overwrite")
+    assert {n: os.path.getmtime(out / n) for n in os.listdir(out)} == before
+
+
+def _recipe_without_config(tmp_path):
+    path = tmp_path / "empty_recipe.py"
+    path.write_text("def main(config, run):\n    pass\n")
+    return path
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["data={tmp}/nowhere"], ["data folder", "nowhere", "does not exist"]),
+    (["data={tmp}/empty"], ["data folder", "holds no readable image"]),
+    (["data={tmp}/oneclass"], ["one class only", "'cat'"]),
+    (["preset=resnet_50_imagenett"], ["unknown preset 'resnet_50_imagenett'", "resnet_50_imagenet"]),
+    (["epochs=abc"], ["epochs=abc", "expected int"]),
+    (["epoch=3"], ["unknown config key 'epoch'", "did you mean epochs"]),
+    (["batch_size=8.5"], ["batch_size=8.5", "expected int"]),
+])
+def test_bad_input(cli, tmp_path, args, fragments):
+    (tmp_path / "empty").mkdir()
+    testing.make_image_folder(tmp_path / "oneclass", ("cat",), per_class=2)
+    out = tmp_path / "run"
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = cli("run", RECIPE, "--smoke", "--output-dir", out, *args)
+    assert_one_line_error(result, *fragments)
+    assert not out.exists()  # nothing half-made left behind
+
+
+@pytest.mark.parametrize("make_args, fragments", [
+    (lambda p: ["run", p / "nope.py"], ["recipe file", "nope.py", "does not exist"]),
+    (lambda p: ["run", _recipe_without_config(p)], ["has no Config dataclass"]),
+    (lambda p: ["run", RECIPE, "--backend", "theano"], ["unknown backend", "theano"]),
+    (lambda p: ["run", RECIPE, "--smoke", "--epochs", "3"], ["--epochs"]),
+    (lambda p: ["predict", p / "norun", p / "x.jpg"], ["run dir", "does not exist"]),
+])
+def test_bad_command_lines(cli, tmp_path, make_args, fragments):
+    assert_one_line_error(cli(*make_args(tmp_path)), *fragments)
+
+
+def test_predict_unreadable_image(smoke_run, cli, tmp_path):
+    out, _ = smoke_run
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not really a jpeg")
+    assert_one_line_error(cli("predict", out, bad), "bad.jpg", "cannot be read")
