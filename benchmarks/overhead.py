@@ -1,0 +1,120 @@
+"""What the recipe runner costs over a plain `model.fit`, and how fast the input
+pipeline is beside the model.
+
+    python benchmarks/overhead.py --backend jax [--epochs 6] [--images 256] [--size 64]
+
+Trains the same tiny ResNet preset on the same generated image folder twice,
+in one process: through `kerastune run recipes/cats_vs_dogs.py` (in-process
+`run_recipe`) and through a plain `model.fit` on the same tf.data pipeline.
+Steps/s are taken from epochs 2.. (epoch 1 compiles). Then it times the input
+pipeline alone (decode + resize + augment) and the model alone (on batches
+already in memory), in images/s.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--images", type=int, default=256, help="per class")
+    parser.add_argument("--size", type=int, default=64, help="image side, pixels")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    from kerastune_lab import backend
+
+    name = backend.use_backend(args.backend)
+    import keras
+    import numpy as np
+
+    from kerastune_lab import testing
+    from kerastune_lab.data import images
+    from kerastune_lab.models import load_image_classifier
+    from kerastune_lab.recipe import run_recipe
+    from kerastune_lab.runs import read_csv
+
+    work = tempfile.mkdtemp(prefix="kerastune-bench-")
+    os.environ.setdefault("KERASTUNE_CACHE", os.path.join(work, "cache"))
+    data_dir = testing.make_image_folder(os.path.join(work, "data"), ("cat", "dog"),
+                                         per_class=args.images, size=args.size)
+    preset = testing.tiny_preset("resnet")
+    common = dict(image_size=args.size, batch_size=args.batch_size, val_split=0.2, seed=1)
+
+    # 1. Through the recipe runner (phase 2 only, so both sides train the same way).
+    overrides = [f"preset={preset}", f"data={data_dir}", f"image_size={args.size}",
+                 f"batch_size={args.batch_size}", "head_epochs=0", f"epochs={args.epochs}",
+                 "learning_rate=1e-4", "seed=1"]
+    start = time.perf_counter()
+    run = run_recipe(os.path.join(ROOT, "recipes", "cats_vs_dogs.py"), overrides=overrides,
+                     output_dir=os.path.join(work, "run"))
+    runner_wall = time.perf_counter() - start
+    runner_epochs = [r["seconds"] for r in read_csv(run.file("history.csv"))]
+
+    # 2. Plain model.fit on the same data pipeline and model.
+    from kerastune_lab.finetune.two_phase import compile_classifier, set_backbone_trainable
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._t)
+
+    keras.utils.set_random_seed(1)
+    start = time.perf_counter()
+    augment = images.augmentation_layers("horizontal", 0.1, 0.1, seed=1)
+    data = images.load_image_folder(data_dir, augment=augment, **common)
+    model = load_image_classifier(preset, num_classes=2)
+    set_backbone_trainable(model, True)
+    compile_classifier(model, 1e-4)
+    timer = EpochTimer()
+    model.fit(data.train, validation_data=data.val, epochs=args.epochs, callbacks=[timer],
+              verbose=0)
+    plain_wall = time.perf_counter() - start
+
+    steps = -(-data.num_train // args.batch_size)
+    runner_sps = steps / statistics.median(runner_epochs[1:])
+    plain_sps = steps / statistics.median(timer.times[1:])
+
+    # 3. Input pipeline alone, and model alone on batches already in memory.
+    start = time.perf_counter()
+    n = sum(int(x.shape[0]) for x, _ in data.train)
+    pipeline_ips = n / (time.perf_counter() - start)
+    cached = [(x.numpy(), y.numpy()) for x, y in data.train]
+    xs = np.concatenate([x for x, _ in cached])
+    ys = np.concatenate([y for _, y in cached])
+    model.fit(xs, ys, batch_size=args.batch_size, epochs=1, verbose=0)  # warm
+    start = time.perf_counter()
+    model.fit(xs, ys, batch_size=args.batch_size, epochs=2, verbose=0)
+    model_ips = 2 * len(xs) / (time.perf_counter() - start)
+
+    print(f"backend {name}, keras {keras.__version__}, {data.num_train} train images "
+          f"{args.size}x{args.size}, batch {args.batch_size}, {args.epochs} epochs, "
+          f"{os.cpu_count()} CPU cores")
+    print(f"{'':28}{'recipe runner':>15}{'plain fit':>12}{'runner/plain':>14}")
+    print(f"{'train steps/s (epochs 2..)':28}{runner_sps:15.2f}{plain_sps:12.2f}"
+          f"{runner_sps / plain_sps:14.3f}")
+    print(f"{'wall seconds, whole run':28}{runner_wall:15.1f}{plain_wall:12.1f}"
+          f"{runner_wall / plain_wall:14.3f}")
+    print(f"input pipeline (decode+augment): {pipeline_ips:8.0f} images/s")
+    print(f"model alone (train step):        {model_ips:8.0f} images/s")
+    if pipeline_ips < model_ips:
+        print("the input pipeline is slower than the model: it bounds training speed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
