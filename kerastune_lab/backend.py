@@ -92,4 +92,13 @@ def list_devices():
     """Returns the devices keras sees, e.g. ['cpu:0'] or ['gpu:0', 'gpu:1']."""
     import keras
 
-    return [str(d) for d in keras.distribution.list_devices()]
+    if keras.backend.backend() != "torch":  # keras.distribution has no torch backend
+        return [str(d).lower() for d in keras.distribution.list_devices()]
+    import torch
+
+    devices = ["cpu:0"]
+    if torch.cuda.is_available():
+        devices += [f"gpu:{i}" for i in range(torch.cuda.device_count())]
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps:0")
+    return devices
