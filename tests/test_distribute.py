@@ -1,0 +1,86 @@
+"""Multi-device training on 8 virtual CPU devices (JAX), in a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kerastune_lab.distribute import make_distribution, remat_scope
+from kerastune_lab.errors import KerastuneError
+from tests.conftest import BACKEND
+
+SCRIPT = r"""
+import json, os, sys
+import numpy as np
+import keras, keras_hub
+from kerastune_lab import testing
+from kerastune_lab.distribute import make_distribution, remat_scope
+
+preset = testing.tiny_preset("llama")
+rng = np.random.default_rng(0)
+x = {"token_ids": rng.integers(4, 100, (16, 24)).astype("int32"),
+     "padding_mask": np.ones((16, 24), "int32")}
+y = rng.integers(4, 100, (16, 24)).astype("int32")
+
+def losses(mode, remat="none"):
+    dist = make_distribution(mode, keras_hub.models.LlamaBackbone, model_parallel=4)
+    keras.distribution.set_distribution(dist)
+    keras.utils.set_random_seed(1)
+    with remat_scope(remat):
+        model = keras_hub.models.CausalLM.from_preset(preset)
+    model.preprocessor = None
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    spec = None
+    if mode == "model":
+        kernel = model.backbone.get_layer("transformer_layer_0")._self_attention_layer._query_dense.kernel
+        spec = str(kernel.value.sharding.spec)
+    keras.distribution.set_distribution(None)
+    return history.history["loss"], spec
+
+out = {"devices": len(keras.distribution.list_devices())}
+for mode, remat in [("none", "none"), ("data", "none"), ("model", "none"), ("none", "activations")]:
+    out[f"{mode}/{remat}"] = losses(mode, remat)
+print(json.dumps(out))
+"""
+
+
+def test_distributed_losses_match_single_device(tmp_path):
+    if BACKEND != "jax":
+        with pytest.raises(KerastuneError, match=f"needs the jax backend.*uses {BACKEND}"):
+            make_distribution("data")
+        return
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "KERAS_BACKEND": "jax"}
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    single, _ = out["none/none"]
+    assert single[-1] < single[0]  # it trained
+    for key in ("data/none", "model/none", "none/activations"):
+        assert out[key][0] == pytest.approx(single, rel=1e-4, abs=1e-5), key
+    # The query kernel (hidden, heads, head_dim) is sharded over both mesh axes.
+    assert "model" in out["model/none"][1] and "batch" in out["model/none"][1]
+
+
+def test_bad_modes():
+    with pytest.raises(KerastuneError, match="distribute='pipeline': expected one of none, data, model"):
+        make_distribution("pipeline")
+    with pytest.raises(KerastuneError, match="remat='full'"):
+        remat_scope("full")
+    assert make_distribution("none") is None
+
+
+
+def test_unavailable_distribution_is_a_clear_error():
+    # One CPU device in this process: on jax the device count is the problem,
+    # on the other backends the backend is.
+    expected = "needs 2 or more devices; found 1" if BACKEND == "jax" else "needs the jax backend"
+    for mode in ("data", "model"):
+        with pytest.raises(KerastuneError, match=expected):
+            make_distribution(mode)
