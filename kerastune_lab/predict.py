@@ -35,3 +35,95 @@ def predict_images(run_dir, paths, batch_size=32):
                                 dtype="float64"))
     best = probs.argmax(axis=-1)
     return [(p, class_names[i], float(probs[n, i])) for n, (p, i) in enumerate(zip(paths, best))]
+
+
+def predict_dataset(model, dataset):
+    """Returns (labels, probabilities) over a batched dataset of (x, label).
+
+    Labels come from the dataset itself, so they stay aligned with the
+    predictions even where the pipeline dropped an unreadable file.
+    """
+    labels, probs = [], []
+    for x, y in dataset:
+        logits = np.asarray(model.predict_on_batch(np.asarray(x)), dtype="float64")
+        probs.append(_softmax(logits))
+        labels.append(np.asarray(y))
+    if not labels:
+        raise KerastuneError("the dataset to predict on holds no readable example")
+    return np.concatenate(labels).astype("int64"), np.concatenate(probs)
+
+
+def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=32,
+                          positive_class=None, target_recall=None):
+    """Evaluates a finished image-classification run on a class-folder tree.
+
+    Writes the files of `evaluate.evaluate_classifier`, `metrics.json`,
+    `evaluation.json` and `report.md` into `RUN_DIR/eval-<name>/` (by default
+    the data folder's name), a folder of its own, so the run's own files
+    are never touched. Returns that folder's RunDir.
+
+    Args:
+        run_dir: str. A finished image-classification run.
+        data: str. A folder with one subfolder per class, named as in the
+            run's `labels.json` (some classes may be absent).
+        name: str or None. The evaluation's name. Defaults to None: the
+            folder's base name.
+        overwrite: bool. Replace an earlier evaluation of the same name.
+        positive_class, target_recall: as in `evaluate_classifier`. Default
+            to the run's config values, when it has them.
+    """
+    import datetime
+    import os
+
+    import keras_hub
+
+    from kerastune_lab.data.images import files_dataset, pipeline, scan_image_folder
+    from kerastune_lab.evaluate import evaluate_classifier, write_report
+    from kerastune_lab.models import load_run_model
+
+    run = RunDir.open(run_dir)
+    config = run.read_json("config.json").get("config", {})
+    if "image_size" not in config or not os.path.exists(run.file("labels.json")):
+        raise KerastuneError(f"run dir {run_dir!r} is not an image-classification run")
+    class_names = run.read_json("labels.json")
+    data = os.path.expanduser(os.fspath(data))
+    paths, labels, folder_classes, skipped = scan_image_folder(data, require_all_classes=False)
+    unknown = [c for c in folder_classes if c not in class_names]
+    if unknown:
+        raise KerastuneError(
+            f"data folder {data!r} has classes {folder_classes} but the run was trained on "
+            f"{class_names}: expected class subfolders among those")
+    labels = [class_names.index(folder_classes[i]) for i in labels]
+    name = name or os.path.basename(os.path.normpath(data)) or "data"
+    if os.sep in name or name.startswith("."):
+        raise KerastuneError(f"evaluation name {name!r}: expected a plain folder name")
+    out_path = run.file(f"eval-{name}")
+    if os.path.exists(out_path) and not overwrite:
+        raise KerastuneError(f"{out_path!r} already holds an evaluation: choose another "
+                             "--name or pass --overwrite")
+    if positive_class is None:
+        positive_class = config.get("positive_class") or None
+    if target_recall is None:
+        target_recall = config.get("target_recall") or None
+
+    model = load_run_model(run, keras_hub.models.ImageClassifier)
+    dataset = pipeline(files_dataset(paths, labels, config["image_size"]), batch_size)
+    y_true, probs = predict_dataset(model, dataset)
+    out = RunDir.create(out_path, overwrite=overwrite)
+    try:
+        out.write_json("evaluation.json", {
+            "run": os.path.abspath(run.path), "data": os.path.abspath(data),
+            "num_images": int(len(y_true)), "skipped": skipped,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        summary = evaluate_classifier(out, y_true, probs, class_names,
+                                      positive_class=positive_class,
+                                      target_recall=target_recall, prefix=name)
+        out.write_json("metrics.json", summary)
+        write_report(out, summary, f"Evaluation of {os.path.basename(run.path)} on {data}",
+                     notes=[f"model: {run.file('model')}", f"{len(y_true)} images, skipped "
+                            f"{sum(skipped.values())} unreadable or non-image files"])
+        out.finish()
+    except BaseException:
+        out.discard()
+        raise
+    return out

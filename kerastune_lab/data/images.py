@@ -46,8 +46,15 @@ def _readable(path):
         return False
 
 
-def scan_image_folder(root):
+def scan_image_folder(root, require_all_classes=True):
     """Lists the images of a folder with one subfolder per class.
+
+    Args:
+        root: str. The folder.
+        require_all_classes: bool. Every class subfolder must hold a readable
+            image (at least 2 classes). False allows empty classes (a test
+            split may hold one class); a folder with no image at all is
+            still an error. Defaults to True.
 
     Returns:
         (paths, labels, class_names, skipped): labels index `class_names`
@@ -95,6 +102,8 @@ def scan_image_folder(root):
             f"data folder {root!r} holds no readable image: expected "
             f"<class>/*{'|'.join(IMAGE_EXTENSIONS)} subfolders"
         )
+    if not require_all_classes:
+        return paths, labels, class_names, skipped
     if len(found) < 2:
         raise KerastuneError(
             f"data folder {root!r} has images of one class only ({found[0]!r}): "

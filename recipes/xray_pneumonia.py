@@ -1,0 +1,143 @@
+"""Chest X-ray pneumonia: a KerasHub ResNet fine-tuned in two phases on
+imbalanced classes, evaluated past accuracy.
+
+Launch:
+    kerastune run recipes/xray_pneumonia.py --smoke                  # tiny, offline, ~1 min on CPU
+    kerastune run recipes/xray_pneumonia.py data=~/chest_xray        # resnet_50_imagenet on the Kaggle set
+    kerastune run recipes/xray_pneumonia.py data=~/chest_xray class_weight=none oversample=true
+    kerastune run recipes/xray_pneumonia.py data=~/chest_xray "class_weight={'NORMAL': 3.0, 'PNEUMONIA': 1.0}"
+    kerastune run recipes/xray_pneumonia.py data=~/chest_xray target_recall=0.98 --backend torch
+Then:
+    kerastune evaluate runs/xray_pneumonia-<time> --data ~/other_hospital/test
+    kerastune predict runs/xray_pneumonia-<time> person1_virus_6.jpeg
+
+Data: `data` holds the Kaggle "Chest X-Ray Images (Pneumonia)" layout,
+`{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg`. Its `val/` holds 16 images, too
+few to validate on, so a stratified `val_split` of `train/` is used instead
+(logged, and written to config.json under "validation").
+
+Imbalance (about 1 NORMAL to 3 PNEUMONIA in train): the loss weighs each
+class by n / (classes * n_class) with `class_weight=balanced`; or give the
+weights, or `oversample=true` to repeat NORMAL images instead. The weights
+used go to config.json.
+
+Evaluation on `test/`: per-class precision, recall and F1, the confusion
+matrix, ROC and precision-recall curves, and the decision threshold on
+P(PNEUMONIA) that finds `target_recall` of the pneumonia cases, with the
+precision it costs: a missed pneumonia costs more than a false alarm.
+Everything is put together in report.md.
+"""
+
+import dataclasses
+import logging
+import os
+
+from kerastune_lab import testing
+from kerastune_lab.data import images, xray
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.evaluate import evaluate_classifier, write_report
+from kerastune_lab.finetune import class_weights, two_phase
+from kerastune_lab.models import load_image_classifier
+from kerastune_lab.predict import predict_dataset
+from kerastune_lab.training import HistoryWriter, callbacks
+
+log = logging.getLogger("kerastune_lab")
+
+
+@dataclasses.dataclass
+class Config:
+    preset: str = "resnet_50_imagenet"  # KerasHub preset name, kaggle:// or hf:// handle, or a preset folder
+    data: str = "chest_xray"  # folder with {train,val,test}/{NORMAL,PNEUMONIA}/ (Kaggle layout)
+    image_size: int = 224  # pixels, square; the size the backbone was trained at
+    batch_size: int = 32
+    min_val_images: int = 100  # a val/ with fewer images is not used; a val_split of train is carved instead
+    val_split: float = 0.1  # fraction of each class of train/ carved out for validation, when needed
+    class_weight: str | dict = "balanced"  # "balanced" (from label counts), "none", or {"NORMAL": 3.0, "PNEUMONIA": 1.0}
+    oversample: bool = False  # repeat rare-class training images until classes are even ("balanced" weights then ~1)
+    head_epochs: int = 2  # phase 1: new head only, backbone frozen
+    head_learning_rate: float = 1e-3  # phase 1 Adam learning rate
+    epochs: int = 3  # phase 2: everything unfrozen
+    learning_rate: float = 1e-5  # phase 2 Adam learning rate: very low, to keep what the backbone knows
+    train_batchnorm: bool = False  # let BatchNorm statistics update in phase 2 (usually worse)
+    flip: str = ""  # augmentation: "" (none: anatomy is not symmetric), "horizontal", "vertical"
+    rotation: float = 0.03  # augmentation: largest rotation, fraction of a full turn (0.03 = ~11 degrees)
+    zoom: float = 0.1  # augmentation: largest zoom, fraction of the image size
+    contrast: float = 0.1  # augmentation: largest contrast change, fraction (exposure varies between films)
+    positive_class: str = "PNEUMONIA"  # the class of the ROC/PR curves and of the threshold
+    target_recall: float = 0.95  # recall of positive_class to choose a decision threshold for
+    seed: int = 1337
+
+
+def smoke():
+    """Tiny ResNet preset and a generated chest_xray tree (imbalanced, tiny
+    val/, mixed grayscale / RGB / 16-bit files), offline."""
+    data = testing.cache_dir("data", "chest_xray")
+    if not os.path.isdir(os.path.join(data, "test")):
+        testing.make_chest_xray(data, size=40)
+    return {
+        "preset": testing.tiny_preset("resnet"),
+        "data": data,
+        "image_size": 32,
+        "batch_size": 40,
+        "val_split": 0.2,
+        "head_epochs": 10,
+        "head_learning_rate": 0.1,  # a tiny random backbone's features vary little: a big step
+        "epochs": 1,
+        "learning_rate": 1e-4,
+    }
+
+
+def main(config, run):
+    # Data: train/val/test decoded to 3 channels, resized, augmented (train only).
+    augment = images.augmentation_layers(config.flip or None, config.rotation, config.zoom,
+                                         config.contrast, seed=config.seed)
+    data = xray.load_split_tree(
+        config.data, config.image_size, config.batch_size, min_val_images=config.min_val_images,
+        val_split=config.val_split, oversample=config.oversample, seed=config.seed,
+        augment=augment)
+    log.info("data: images per class %s; training on %d", data.counts, data.num_train)
+    run.write_json("labels.json", data.class_names)
+    if config.positive_class not in data.class_names:
+        raise KerastuneError(f"positive_class={config.positive_class!r}: expected one of "
+                             f"{', '.join(data.class_names)}")
+
+    # Imbalance: class weights from the labels fit will see.
+    weights = class_weights.class_weights(data.train_labels, config.class_weight,
+                                          data.class_names)
+    log.info("class weights: %s", class_weights.by_name(weights, data.class_names))
+    run.update_json("config.json", validation=data.validation, counts=data.counts,
+                    class_weights=class_weights.by_name(weights, data.class_names),
+                    oversampled_train=data.num_train if config.oversample else None)
+
+    # Model: the preset's backbone with a new head for our classes.
+    model = load_image_classifier(config.preset, num_classes=len(data.class_names))
+
+    # Training: two phases, switched with `trainable` flags, the loss class-weighted.
+    history = HistoryWriter(run)
+    two_phase.fine_tune(
+        model, data.train, data.val,
+        head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
+        epochs=config.epochs, learning_rate=config.learning_rate,
+        callbacks=lambda phase: callbacks(run, history, phase),
+        train_batchnorm=config.train_batchnorm, class_weight=weights,
+    )
+
+    # Evaluation: on test/, past accuracy.
+    y_true, probs = predict_dataset(model, data.test)
+    metrics = evaluate_classifier(run, y_true, probs, data.class_names,
+                                  positive_class=config.positive_class,
+                                  target_recall=config.target_recall, prefix="test")
+    metrics["val_loss"], metrics["val_accuracy"] = model.evaluate(data.val, verbose=0)
+    metrics.update(counts=data.counts, skipped=data.skipped)
+
+    # Saving: the model as a KerasHub preset, then the metrics and the report.
+    run.save_model(model)
+    run.write_json("metrics.json", metrics)
+    write_report(run, metrics, "Chest X-ray pneumonia", notes=[
+        f"preset {config.preset}, data {config.data}",
+        f"validation: {data.validation.get('reason', 'the val/ split')}",
+        f"class weights: {class_weights.by_name(weights, data.class_names)}"
+        + (", training data oversampled" if config.oversample else ""),
+    ])
+    log.info("test_accuracy %.4f, test_roc_auc %s", metrics["test_accuracy"],
+             metrics.get("test_roc_auc", "skipped"))

@@ -1,0 +1,159 @@
+"""xray_pneumonia through the real `kerastune` CLI, and `kerastune evaluate`."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.utils.class_weight import compute_class_weight
+
+from kerastune_lab import testing
+from tests.conftest import BACKEND, assert_one_line_error, recipe_path, run_cli
+
+RECIPE = recipe_path("xray_pneumonia")
+EVALUATION_FILES = ("classification_report.json", "classification_report.txt",
+                    "confusion_matrix.json", "confusion_matrix.png", "roc.png", "pr.png",
+                    "threshold.json", "metrics.json", "report.md")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "xray"
+    result = run_cli("run", RECIPE, "--smoke", "--output-dir", out)
+    assert result.code == 0, result
+    return out, result
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_smoke_run_writes_the_evaluation(smoke_run):
+    out, result = smoke_run
+    assert result.last_line == str(out)
+    for name in EVALUATION_FILES + ("config.json", "history.csv", "training_curves.png",
+                                    "labels.json", "FINISHED", "model/config.json"):
+        assert os.path.exists(out / name), name
+    config = _json(out / "config.json")
+    assert config["backend"] == BACKEND and config["smoke"] is True
+    # The generated val/ holds 4 images: validation was carved from train, and said so.
+    assert config["validation"]["source"] == "train"
+    assert "fewer than min_val_images=100" in config["validation"]["reason"]
+    assert "carved a stratified 0.2 of train" in result.stderr
+    # Balanced weights, from the training label counts.
+    counts = config["counts"]["train"]
+    labels = np.repeat([0, 1], [counts["NORMAL"], counts["PNEUMONIA"]])
+    expected = compute_class_weight("balanced", classes=np.arange(2), y=labels)
+    assert config["class_weights"] == pytest.approx(dict(zip(["NORMAL", "PNEUMONIA"], expected)))
+    assert config["class_weights"]["NORMAL"] > 1 > config["class_weights"]["PNEUMONIA"]
+    with open(out / "history.csv") as f:
+        assert [r["phase"] for r in csv.DictReader(f)] == ["head"] * 10 + ["finetune"]
+
+    metrics = _json(out / "metrics.json")
+    report = _json(out / "classification_report.json")
+    assert metrics["test_accuracy"] == pytest.approx(report["accuracy"])
+    assert metrics["test_macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])
+    assert metrics["test_num_examples"] == 40 == report["macro avg"]["support"]
+    assert 0 <= metrics["test_roc_auc"] <= 1
+    threshold = _json(out / "threshold.json")
+    assert threshold["positive_class"] == "PNEUMONIA" and threshold["recall"] >= 0.95
+    assert metrics["test_threshold"] == threshold["threshold"]
+    markdown = (out / "report.md").read_text()
+    for link in ("confusion_matrix.png", "roc.png", "pr.png", "training_curves.png"):
+        assert f"]({link})" in markdown
+    assert "carved a stratified" in markdown and "Decision threshold" in markdown
+
+
+def test_evaluate_writes_the_same_files_into_a_subfolder(smoke_run, cli, tmp_path):
+    out, _ = smoke_run
+    test_split = os.path.join(_json(out / "config.json")["config"]["data"], "test")
+    before = {n: os.path.getmtime(out / n) for n in os.listdir(out)}
+    result = cli("evaluate", out, "--data", test_split)
+    assert result.code == 0, result
+    assert result.last_line == str(out / "eval-test")
+    for name in EVALUATION_FILES + ("evaluation.json",):
+        assert os.path.exists(out / "eval-test" / name), name
+    # The run's own files are untouched; the same model on the same split agrees.
+    assert {n: os.path.getmtime(out / n) for n in before} == before
+    metrics, again = _json(out / "metrics.json"), _json(out / "eval-test" / "metrics.json")
+    for key in ("test_accuracy", "test_roc_auc", "test_threshold"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-5), key
+    # A second evaluation of that name is refused, or replaces it when asked.
+    assert_one_line_error(cli("evaluate", out, "--data", test_split), "eval-test",
+                          "--overwrite")
+    one_class = shutil.copytree(os.path.join(test_split, "PNEUMONIA"),
+                                tmp_path / "ward" / "PNEUMONIA")
+    result = cli("evaluate", out, "--data", os.path.dirname(one_class), "--name", "test",
+                 "--overwrite")
+    assert result.code == 0, result
+    assert "one class only (PNEUMONIA)" in result.stderr
+    again = _json(out / "eval-test" / "metrics.json")
+    assert again["test_num_examples"] == 24 and "test_curves_skipped" in again
+    assert not os.path.exists(out / "eval-test" / "roc.png")
+
+
+def test_evaluate_rejects_other_classes(smoke_run, cli, tmp_path):
+    out, _ = smoke_run
+    testing.make_image_folder(tmp_path / "pets", ("cat", "NORMAL"), per_class=1)
+    assert_one_line_error(cli("evaluate", out, "--data", tmp_path / "pets"),
+                          "has classes ['NORMAL', 'cat']", "expected class subfolders among")
+    assert not os.path.exists(out / "eval-pets")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return testing.make_chest_xray(tmp_path / "chest_xray",
+                                   {"train": (5, 10), "val": (1, 1), "test": (3, 4)}, size=24)
+
+
+@pytest.mark.parametrize("change, fragments", [
+    (lambda r: shutil.rmtree(r / "train" / "NORMAL"),
+     ["data split 'train'", "has no NORMAL subfolder"]),
+    (lambda r: shutil.rmtree(r / "test" / "PNEUMONIA"),
+     ["data split 'test'", "has no PNEUMONIA subfolder"]),
+    (lambda r: os.makedirs(r / "val" / "COVID"),
+     ["data split 'val' has classes ['COVID', 'NORMAL', 'PNEUMONIA']", "same class subfolders"]),
+    (lambda r: [p.write_bytes(b"not an image") for p in (r / "test").rglob("*.*")],
+     ["test'", "holds no readable image"]),
+    (lambda r: [os.remove(p) for p in (r / "train" / "PNEUMONIA").iterdir()],
+     ["PNEUMONIA' holds no readable image"]),
+])
+def test_bad_data(cli, tree, tmp_path, change, fragments):
+    change(tree)
+    out = tmp_path / "run"
+    result = cli("run", RECIPE, "--smoke", "--output-dir", out, f"data={tree}")
+    assert_one_line_error(result, *fragments)
+    assert not out.exists()  # nothing half-made left behind
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("class_weight=balance", "class_weight='balance'"),
+    ("class_weight={'NORMAL': 2.0}", "no weight for class(es) PNEUMONIA"),
+    ("positive_class=pneumonia", "positive_class='pneumonia'"),
+])
+def test_bad_settings(cli, tree, tmp_path, override, fragment):
+    result = cli("run", RECIPE, "--smoke", "--output-dir", tmp_path / "run", f"data={tree}",
+                 override)
+    assert_one_line_error(result, fragment)
+
+
+def test_test_split_of_one_class_warns_and_keeps_the_rest(cli, tree, tmp_path):
+    for path in (tree / "test" / "NORMAL").iterdir():
+        os.remove(path)
+    out = tmp_path / "run"
+    result = cli("run", RECIPE, "--smoke", "--output-dir", out, f"data={tree}",
+                 "head_epochs=1", "epochs=0", "oversample=true",
+                 "class_weight={'NORMAL': 1.0, 'PNEUMONIA': 1.5}")
+    assert result.code == 0, result
+    assert "holds no image of NORMAL" in result.stderr and "one class only" in result.stderr
+    metrics = _json(out / "metrics.json")
+    assert metrics["test_num_examples"] == 4 and "test_curves_skipped" in metrics
+    for name in ("classification_report.json", "confusion_matrix.png", "report.md"):
+        assert os.path.exists(out / name), name
+    assert not os.path.exists(out / "roc.png") and not os.path.exists(out / "threshold.json")
+    config = _json(out / "config.json")
+    assert config["class_weights"] == {"NORMAL": 1.0, "PNEUMONIA": 1.5}
+    assert config["oversampled_train"] == 2 * config["counts"]["train"]["PNEUMONIA"]
