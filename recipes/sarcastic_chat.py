@@ -1,0 +1,185 @@
+"""Sarcastic chatbot: GPT-2 tuned on prompt/response pairs, loss on the replies only.
+
+Launch:
+    kerastune run recipes/sarcastic_chat.py --smoke                # tiny GPT-2, offline, ~1 min on CPU
+    kerastune run recipes/sarcastic_chat.py                        # gpt2_base_en on the shipped pairs
+    kerastune run recipes/sarcastic_chat.py --backend torch epochs=5 learning_rate=3e-5
+    kerastune run recipes/sarcastic_chat.py data=my_chats.jsonl heldout_data=my_heldout.jsonl
+    kerastune run recipes/sarcastic_chat.py loss_on=all pack=false sequence_length=256
+Then:
+    kerastune chat runs/sarcastic_chat-<time>                      # interactive
+    echo "Is it Monday again?" | kerastune chat runs/sarcastic_chat-<time> --sampler greedy
+
+Data: `recipes/data/sarcastic_chat.jsonl` (306 prompt/response pairs and 10
+multi-turn conversations written for this project) is trained on;
+`recipes/data/sarcastic_chat_heldout.jsonl` (40 more) is never trained on and
+gives the held-out perplexity before and after tuning. Each conversation is
+rendered with `template`, tokenised with the model's own tokenizer (role
+markers always the same ids), weighted 1 on the assistant's tokens only, and
+packed into `sequence_length` windows (see `kerastune_lab.data.chat`).
+"""
+
+import dataclasses
+import logging
+import os
+
+from kerastune_lab import testing
+from kerastune_lab.data import chat
+from kerastune_lab.evaluate import perplexity
+from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
+from kerastune_lab.models import detached_preprocessor, load_task
+from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
+
+log = logging.getLogger("kerastune_lab")
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+# Prompts for the before/after generations in report.md (in neither data file).
+REPORT_PROMPTS = [
+    "Do you think it will rain on my birthday?",
+    "How do I become a better cook?",
+    "What's your opinion on Mondays?",
+    "Can you help me choose a new phone?",
+    "Why is my cat staring at me?",
+    "Any tips for my first marathon?",
+]
+
+
+@dataclasses.dataclass
+class Config:
+    preset: str = "gpt2_base_en"  # KerasHub causal LM preset, kaggle:// or hf:// handle, or a preset folder
+    data: str = os.path.join(DATA_DIR, "sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
+    heldout_data: str = os.path.join(DATA_DIR, "sarcastic_chat_heldout.jsonl")  # same format, never trained on
+    template: str = chat.DEFAULT_TEMPLATE  # holds {prompt} then {response}; {eos} = the tokenizer's end token
+    loss_on: str = "assistant"  # "assistant": loss on the replies only; "all": on every token
+    sequence_length: int = 128  # tokens a training window (the model sees windows of this length)
+    pack: bool = True  # several short examples a window, to waste less compute on padding
+    overlong: str = "truncate"  # an example longer than a window: "truncate", "drop" or "error"
+    max_examples: int = 0  # train on the first N conversations only; 0 for all
+    batch_size: int = 8  # windows a step
+    epochs: int = 3
+    learning_rate: float = 5e-5  # AdamW; low, to keep what the preset knows
+    weight_decay: float = 0.01  # AdamW
+    sampler: str = "greedy"  # report generations: "greedy", "top_k", "top_p" or "beam"
+    temperature: float = 1.0  # report generations
+    max_length: int = 96  # report generations: most tokens of prompt plus reply
+    report_prompts: int = 6  # how many of REPORT_PROMPTS to answer before and after
+    seed: int = 1337
+
+
+def smoke():
+    """Tiny GPT-2 preset, the first 48 shipped pairs, offline."""
+    return {
+        "preset": testing.tiny_preset("gpt2"),
+        "max_examples": 48,
+        "sequence_length": 128,
+        "batch_size": 8,
+        "epochs": 2,
+        "learning_rate": 3e-3,
+        "max_length": 72,
+        "report_prompts": 3,
+    }
+
+
+def main(config, run):
+    import keras
+    import keras_hub
+
+    # Data, read first so that bad input fails before a large download.
+    chat.check_settings(config.template, config.loss_on, config.overlong)
+    sampler = make_sampler(config.sampler, config.temperature, seed=config.seed)
+    conversations = chat.read_chat_jsonl(config.data)
+    if config.max_examples:
+        conversations = conversations[:config.max_examples]
+    heldout_conversations = chat.read_chat_jsonl(config.heldout_data)
+
+    # Model: a KerasHub causal LM; its tokenizer drives the data.
+    model = load_task(keras_hub.models.CausalLM, config.preset)
+    template = chat.ChatTemplate(model.preprocessor.tokenizer, config.template)
+
+    # Data: rendered, tokenised, loss-masked, packed (held-out: one example a
+    # window, so no example sees another while it is scored).
+    train = chat.pack_conversations(conversations, template, config.sequence_length,
+                                    config.loss_on, config.pack, config.overlong,
+                                    source=f"chat data {config.data!r}")
+    heldout = chat.pack_conversations(heldout_conversations, template, config.sequence_length,
+                                      config.loss_on, pack=False, overlong=config.overlong,
+                                      source=f"chat data {config.heldout_data!r}")
+    log.info("data: %d train examples in %d windows (padding %.1f%% before packing, %.1f%% "
+             "after), %d held out", train.num_examples, len(train.token_ids),
+             100 * train.padding_before, 100 * train.padding_after, heldout.num_examples)
+    heldout_inputs = chat.model_inputs(heldout)
+
+    # Training setup: the loss is averaged over the weighted (assistant) tokens.
+    model.compile(
+        optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    generator = ChatGenerator(model, template, sampler, config.max_length)
+    prompts = REPORT_PROMPTS[:config.report_prompts]
+
+    # Evaluation before tuning.
+    before = generator.replies(prompts)
+    perplexity_before = perplexity(model, *heldout_inputs, batch_size=config.batch_size)
+    log.info("held-out perplexity before tuning: %.2f", perplexity_before)
+
+    # Training: plain fit on token ids, the preprocessor detached.
+    history = HistoryWriter(run)
+    with detached_preprocessor(model):
+        model.fit(chat.chat_dataset(train, config.batch_size, shuffle=True, seed=config.seed),
+                  validation_data=chat.chat_dataset(heldout, config.batch_size),
+                  epochs=config.epochs, callbacks=callbacks(run, history, "train"),
+                  verbose=fit_verbosity())
+
+    # Evaluation after tuning.
+    perplexity_after = perplexity(model, *heldout_inputs, batch_size=config.batch_size)
+    after = generator.replies(prompts)
+    log.info("held-out perplexity after tuning: %.2f", perplexity_after)
+
+    # Saving: the model as a KerasHub preset, the template for `kerastune chat`,
+    # metrics and the report.
+    run.save_model(model)
+    run.write_json(CHAT_FILE, dict(chat_settings(template), sequence_length=config.sequence_length))
+    metrics = {
+        "heldout_perplexity_before": perplexity_before,
+        "heldout_perplexity_after": perplexity_after,
+        "padding_fraction_before_packing": train.padding_before,
+        "padding_fraction_after_packing": train.padding_after,
+        "train": train.summary(),
+        "heldout": heldout.summary(),
+    }
+    run.write_json("metrics.json", metrics)
+    run.write_text("report.md", report(config, metrics, prompts, before, after))
+
+
+def report(config, metrics, prompts, before, after):
+    """report.md: perplexity, data figures, and replies before and after."""
+    train = metrics["train"]
+    lines = [
+        "# Sarcastic chat",
+        "",
+        f"Preset `{config.preset}`, loss on `{config.loss_on}` tokens, "
+        f"{config.epochs} epoch(s) at learning rate {config.learning_rate}.",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        f"| held-out perplexity | {metrics['heldout_perplexity_before']:.2f} | "
+        f"{metrics['heldout_perplexity_after']:.2f} |",
+        f"| padding fraction (train) | {train['padding_fraction_before_packing']:.3f} | "
+        f"{train['padding_fraction_after_packing']:.3f} |",
+        "",
+        f"Training: {train['examples']} examples in {train['windows']} windows of "
+        f"{config.sequence_length + 1} tokens ({train['truncated']} truncated, "
+        f"{train['dropped']} dropped). Packed examples share a causal mask: a later "
+        "example in a window can attend to the earlier ones.",
+        "",
+        f"## Replies ({config.sampler} sampler, temperature {config.temperature}, "
+        f"max_length {config.max_length})",
+        "",
+    ]
+    for prompt, old, new in zip(prompts, before, after):
+        old, new = (" ".join(text.split()) or "(empty)" for text in (old, new))
+        lines += [f"**{prompt}**", "", f"- before: {old}", f"- after: {new}", ""]
+    return "\n".join(lines)
