@@ -47,6 +47,7 @@ from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune.quantize import (
     QUANTIZE_MODES,
     backbone_of,
+    load_quantized,
     quantization_mode,
     quantize,
 )
@@ -525,6 +526,46 @@ def load_adapter(model, path, quantize_base=True):
             layer.lora_a.assign(a)
             layer.lora_b.assign(b)
     return metadata
+
+
+def load_with_adapter(adapter, preset=None, task_cls=None, dtype=None, **kwargs):
+    """Loads the base an adapter was trained on, quantized as recorded, with the
+    adapter on top: the model as it was at the end of training.
+
+    The base is quantized while it loads (`quantize.load_quantized`).
+
+    Args:
+        adapter: str. A file written by `save_adapter`.
+        preset: str. The base preset (name, handle or folder). Defaults to
+            the one the adapter records.
+        task_cls: the KerasHub task class. Defaults to
+            `keras_hub.models.CausalLM`.
+        dtype: str or None. The base's float dtype ("bfloat16", "float32").
+            Defaults to Keras' global dtype policy.
+        **kwargs: for `from_preset`.
+
+    Returns:
+        (task, metadata): the model and the adapter's metadata dict.
+
+    Example:
+    ```python
+    causal_lm, _ = load_with_adapter("runs/lora_chat-20250101-120000/adapter.lora.h5")
+    ```
+    """
+    import keras_hub
+
+    from kerastune_lab.models import resolve_preset
+
+    task_cls = task_cls or keras_hub.models.CausalLM
+    metadata = read_adapter_metadata(adapter)  # a bad file fails before loading
+    preset = preset or metadata["base"]["preset"]
+    if not preset:
+        raise KerastuneError(f"adapter {os.fspath(adapter)!r} records no base preset: "
+                             "expected preset=... (--preset)")
+    preset = resolve_preset(preset, task_cls)
+    task = load_quantized(task_cls, preset, metadata["quantize"], dtype=dtype, **kwargs)
+    load_adapter(task, adapter)
+    return task, metadata
 
 
 def merge_adapter(model, path):

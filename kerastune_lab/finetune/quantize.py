@@ -18,11 +18,31 @@ weight-only int8 as fast as on the float base. Keras' default stays
 available as "int8_dynamic" (so a base quantized with a plain
 `backbone.quantize("int8")` is recorded as such and reloaded the same way).
 int4 is weight-only in Keras already.
+
+Quantizing while loading (`load_quantized`): `from_preset` then `quantize`
+holds the whole float base in memory first (a 7B model is 13.5 GB in
+bfloat16, 27 GB in float32). `load_quantized` builds the model with int8
+(or int4) weights from the start, through a Keras `DTypePolicyMap` naming
+the layers that `Model.quantize` would quantize (found on a weightless copy
+of the backbone), and quantizes the preset's float weights one layer at a
+time as they are read: each layer's float weights go into a float twin of
+that layer, Keras' own `quantize` turns them into int8, and the int8 values
+go into the model. So the float weights in memory at any time are one
+layer's, and the result is the same as `from_preset` then `quantize`.
+This works for KerasHub-format presets (Kaggle handles such as
+`llama2_7b_en`, folders written by `save_to_preset`); Hugging Face
+checkpoints (`hf://`, converted by KerasHub) are loaded in `dtype` and then
+quantized. Hand-written because neither Keras nor KerasHub quantizes float
+weights while loading them.
 """
 
+import contextlib
+import logging
 import warnings
 
 from kerastune_lab.errors import KerastuneError
+
+log = logging.getLogger("kerastune_lab")
 
 # "none" keeps the float base; "int8" is weight-only int8, "int8_dynamic"
 # Keras' default int8 (inputs quantized too), "int4" Keras' (weight-only) int4.
@@ -91,3 +111,169 @@ def _config(mode):
     if mode == "int8":
         return keras.quantizers.Int8QuantizationConfig(activation_quantizer=None)
     return None
+
+
+def _keras_mode(mode):
+    return "int8" if mode == "int8_dynamic" else mode
+
+
+def _policy_name(mode, source):
+    """The dtype policy Keras' `quantize(mode)` gives a layer of dtype `source`
+    ("int8_from_bfloat16", "int4/128_from_float32"): read off a small probe."""
+    import keras
+
+    probe = keras.layers.Dense(2, dtype=source)
+    probe.build((None, 8))
+    probe.quantize(_keras_mode(mode), config=_config(mode))
+    return probe.dtype_policy.name
+
+
+def _is_quantizable(layer):
+    """Whether Keras' `Model.quantize` quantizes `layer` (a leaf layer whose own
+    class defines `quantize`: Keras' layers refuse their subclasses)."""
+    import keras
+
+    cls = type(layer)
+    return ("quantize" in cls.__dict__ and cls.quantize is not keras.layers.Layer.quantize
+            and len(list(layer._flatten_layers())) == 1)
+
+
+@contextlib.contextmanager
+def _quantize_float_weights_on_load(classes, mode, source):
+    """Inside, quantized layers of `classes` that are handed float weights by
+    `load_own_variables` quantize them on the way in (see the module docstring)."""
+    import keras
+
+    keras_mode, config = _keras_mode(mode), _config(mode)
+    saved = {}
+
+    def wrap(original):
+        def load_own_variables(self, store):
+            if self.quantization_mode != keras_mode:
+                return original(self, store)
+            twin = type(self).from_config(dict(self.get_config(), dtype=source))
+            twin.build(**self._build_shapes_dict)
+            original(twin, store)  # the float weights, as a float layer reads them
+            twin.quantize(keras_mode, config=config)
+            values = {}
+            twin.save_own_variables(values)
+            original(self, values)
+            for name in ("quantization_config", "inputs_quantizer"):
+                if hasattr(twin, name):
+                    setattr(self, name, getattr(twin, name))
+        return load_own_variables
+
+    originals = {cls: cls.load_own_variables for cls in classes}  # before any is wrapped
+    try:
+        for cls, original in originals.items():
+            saved[cls] = cls.__dict__.get("load_own_variables")
+            cls.load_own_variables = wrap(original)
+        yield
+    finally:
+        for cls, method in saved.items():
+            if method is None:
+                del cls.load_own_variables
+            else:
+                cls.load_own_variables = method
+
+
+def quantized_policy_map(backbone_cls, config, mode, dtype=None):
+    """A `DTypePolicyMap` that builds `backbone_cls(**config)` with the weights
+    `quantize(mode)` would quantize already quantized (and no float copy).
+
+    Args:
+        backbone_cls: a KerasHub backbone class.
+        config: dict. Its constructor arguments.
+        mode: str. "int8", "int8_dynamic" or "int4".
+        dtype: str or None. The float dtype of the other layers. Defaults to
+            Keras' global dtype policy.
+
+    Returns:
+        (policy_map, layers): the map (pass it as `dtype=`), and the layers
+        of a weightless copy of the backbone that it quantizes.
+    """
+    import keras
+
+    from kerastune_lab.finetune.lora import abstract_weights
+
+    source = keras.dtype_policies.get(dtype or keras.config.dtype_policy()).name
+    with abstract_weights():  # layer paths and classes, no memory
+        shadow = backbone_cls.from_config(dict(config, dtype=source))
+        layers = [l for l in shadow._flatten_layers(include_self=False) if _is_quantizable(l)]
+    policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=source)
+    policy = _policy_name(mode, source)
+    for layer in layers:
+        policy_map[layer.path] = policy
+    return policy_map, layers
+
+
+def build_quantized(backbone_cls, config, mode, dtype=None):
+    """Builds `backbone_cls(**config)` with quantized weights from the start (no
+    float copy), set up as `quantize(mode)` leaves a backbone; the quantized
+    weights hold zeros until assigned. For benchmarks with random weights.
+
+    Args: as for `quantized_policy_map`.
+    """
+    policy_map, _ = quantized_policy_map(backbone_cls, config, mode, dtype)
+    backbone = backbone_cls(**dict(config, dtype=policy_map))
+    for layer in backbone._flatten_layers(include_self=False):
+        if layer.quantization_mode is not None:
+            layer.quantization_config = _config(mode)
+            if mode == "int8" and hasattr(layer, "inputs_quantizer"):
+                layer.inputs_quantizer = None  # weight-only, as `_config` says
+    return backbone
+
+
+def load_quantized(task_cls, preset, mode, dtype=None, **kwargs):
+    """Loads `task_cls.from_preset(preset)` with its backbone quantized to `mode`,
+    quantizing while loading (see the module docstring).
+
+    Args:
+        task_cls: a KerasHub task class, e.g. `keras_hub.models.CausalLM`.
+        preset: str. A preset name, handle or folder (checked by the caller).
+        mode: str. One of QUANTIZE_MODES.
+        dtype: str or None. The float dtype the weights are read in and the
+            unquantized layers keep ("bfloat16", "float32"). Defaults to
+            Keras' global dtype policy.
+        **kwargs: for `from_preset` (e.g. `preprocessor=None`).
+
+    Returns:
+        The task, quantized as `quantize(task, mode)` would leave it.
+
+    Example:
+    ```python
+    causal_lm = load_quantized(keras_hub.models.CausalLM, "llama2_7b_en", "int8",
+                               dtype="bfloat16")
+    ```
+    """
+    import keras
+    from keras_hub.src.utils.preset_utils import KerasPresetLoader, get_preset_loader
+
+    if mode not in QUANTIZE_MODES:
+        raise KerastuneError(f"quantize={mode!r}: expected one of "
+                             f"{', '.join(QUANTIZE_MODES)}")
+    if mode == "none":
+        return task_cls.from_preset(preset, dtype=dtype, **kwargs)
+    loader = get_preset_loader(preset)
+    saved_dtype = loader.config.get("config", {}).get("dtype")
+    if isinstance(saved_dtype, dict) and "Map" in saved_dtype.get("class_name", ""):
+        # Saved quantized (e.g. llama2_7b_en_int8): loaded as saved, and an
+        # error below if that is not `mode`.
+        log.info("preset %s is saved quantized: loading it as saved", preset)
+        return quantize(task_cls.from_preset(preset, **kwargs), mode)
+    if not isinstance(loader, KerasPresetLoader):
+        log.info("preset %s is not a KerasHub-format preset: loading it in %s, then "
+                 "quantizing to %s", preset, dtype or "the default dtype", mode)
+        return quantize(task_cls.from_preset(preset, dtype=dtype, **kwargs), mode)
+    source = keras.dtype_policies.get(dtype or keras.config.dtype_policy()).name
+    policy_map, layers = quantized_policy_map(
+        loader.check_backbone_class(), loader.config["config"], mode, source)
+    classes = {type(l) for l in layers}
+    with warnings.catch_warnings(), _quantize_float_weights_on_load(classes, mode, source):
+        warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+        task = task_cls.from_preset(preset, dtype=policy_map, **kwargs)
+    got = quantization_mode(task)
+    if got != mode:  # a layer Keras would quantize that this copy missed
+        raise KerastuneError(f"quantize={mode}: loading {preset!r} quantized gave a "
+                             f"{got} base; load it in float and call quantize()")
+    return task

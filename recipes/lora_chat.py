@@ -1,0 +1,312 @@
+"""LoRA chat: a Llama tuned on prompt/response pairs through a standard LoRA
+adapter over an int8 base; the run keeps the adapter (a few MB), not the base.
+
+Launch:
+    kerastune run recipes/lora_chat.py --smoke                     # tiny Llama, offline, ~30 s on CPU
+    kerastune run recipes/lora_chat.py                             # llama2_7b_en, int8 base, rank 8 on q/v
+    kerastune run recipes/lora_chat.py preset=llama3.2_1b quantize=none dtype=float32
+    kerastune run recipes/lora_chat.py lora_rank=16 lora_alpha=32 lora_targets=all
+    kerastune run recipes/lora_chat.py lora_targets=query,key,value,attention_output quantize=int4
+    kerastune run recipes/lora_chat.py --backend jax distribute=data        # every device
+    kerastune run recipes/lora_chat.py --backend jax distribute=model model_parallel=2
+    kerastune run recipes/lora_chat.py sequence_length=1024 remat=activations
+    kerastune run recipes/lora_chat.py preset=gpt2_base_en quantize=none
+Then:
+    kerastune chat runs/lora_chat-<time>                           # base + adapter, quantized as trained
+    kerastune chat --preset llama2_7b_en --adapter runs/lora_chat-<time>/adapter.lora.h5
+    kerastune merge runs/lora_chat-<time> --output llama2_sarcastic/   # a plain KerasHub preset
+
+Copied from recipes/sarcastic_chat.py (data, template, loss mask, packing,
+perplexity, generations) and changed where LoRA differs:
+- the base is quantized (`quantize`: int8 weight-only by default, int4, or
+  none) *while it loads* (`kerastune_lab.finetune.quantize.load_quantized`):
+  the model is built with int8 weights and each layer's float weights are
+  quantized as they are read, so the float base is never whole in memory
+  (one layer at a time). This holds for KerasHub-format presets (Kaggle
+  handles such as llama2_7b_en, save_to_preset folders); an hf:// checkpoint
+  is loaded in `dtype` and then quantized. Measured on CPU only: on the tiny
+  test presets the result equals from_preset + quantize exactly; the 7B
+  peak memory on a 16 GB GPU has not been measured (no GPU was available).
+- then `enable_lora` (standard factorisation, `kerastune_lab.finetune.lora`)
+  freezes the base and trains A: (d_in, r) and B: (r, d_out) on `lora_targets`;
+- `distribute` (JAX: data or model parallel) is set before the model is
+  built, and the model is built under `remat`;
+- the run directory holds `adapter.lora.h5` (base preset, quantize mode,
+  rank, alpha and targets recorded), not the base.
+
+Data: `recipes/data/sarcastic_chat.jsonl` is trained on and
+`recipes/data/sarcastic_chat_heldout.jsonl` gives the held-out perplexity
+before and after. Llama's vocabulary has no `<|endoftext|>`, so the template
+ends each turn with `{eos}`, the tokenizer's own end token (`</s>` for Llama,
+`<|endoftext|>` for GPT-2).
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+
+from kerastune_lab import testing
+from kerastune_lab.data import chat
+from kerastune_lab.distribute import make_distribution, remat_scope
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.evaluate import perplexity
+from kerastune_lab.finetune import lora
+from kerastune_lab.finetune.quantize import load_quantized
+from kerastune_lab.generate import (
+    ADAPTER_FILE,
+    CHAT_FILE,
+    ChatGenerator,
+    chat_settings,
+    make_sampler,
+)
+from kerastune_lab.models import detached_preprocessor, resolve_preset
+from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
+
+log = logging.getLogger("kerastune_lab")
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+# The base quantize modes this recipe trains on (see finetune/quantize.py).
+QUANTIZE = ("int8", "int4", "none")
+# lora_targets shorthands; anything else is a comma-separated list of layer
+# names or patterns ("query,value", "feedforward_*").
+TARGETS = {"attention": lora.ATTENTION_TARGETS, "all": lora.ALL_TARGETS}
+
+REPORT_PROMPTS = [
+    "Do you think it will rain on my birthday?",
+    "How do I become a better cook?",
+    "What's your opinion on Mondays?",
+    "Can you help me choose a new phone?",
+    "Why is my cat staring at me?",
+    "Any tips for my first marathon?",
+]
+
+
+@dataclasses.dataclass
+class Config:
+    preset: str = "llama2_7b_en"  # KerasHub causal LM (Llama-class; GPT-2 etc. work too), handle or folder
+    data: str = os.path.join(DATA_DIR, "sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
+    heldout_data: str = os.path.join(DATA_DIR, "sarcastic_chat_heldout.jsonl")  # never trained on
+    template: str = chat.EOS_TEMPLATE  # {prompt} then {response}; {eos} = the tokenizer's end token
+    loss_on: str = "assistant"  # "assistant": loss on the replies only; "all": every token
+    sequence_length: int = 256  # tokens a training window
+    pack: bool = True  # several short examples a window
+    overlong: str = "truncate"  # an example longer than a window: "truncate", "drop" or "error"
+    max_examples: int = 0  # train on the first N conversations only; 0 for all
+    quantize: str = "int8"  # the frozen base: "int8" (weight-only), "int4" or "none"
+    dtype: str = "bfloat16"  # float dtype of the base (weights read in it, unquantized layers kept in it)
+    lora_rank: int = 8  # r of A: (d_in, r), B: (r, d_out)
+    lora_alpha: float = 16.0  # the update is scaled by alpha / rank (peft's usual 2 x rank)
+    lora_targets: str = "query,value"  # comma-separated layer names/patterns, "attention" or "all" (every projection)
+    distribute: str = "none"  # "none", "data" (all devices) or "model" (backbone layout map); JAX only
+    model_parallel: int = 0  # distribute=model: devices on the model axis; 0 for all
+    remat: str = "none"  # "activations": recompute feedforward activations (long sequences)
+    batch_size: int = 4  # windows a step (on all devices together)
+    epochs: int = 1
+    learning_rate: float = 2e-4  # AdamW on the LoRA factors only
+    weight_decay: float = 0.0  # AdamW
+    sampler: str = "greedy"  # report generations: "greedy", "top_k", "top_p" or "beam"
+    temperature: float = 1.0  # report generations
+    max_length: int = 128  # report generations: most tokens of prompt plus reply
+    report_prompts: int = 6  # how many of REPORT_PROMPTS to answer before and after
+    seed: int = 1337
+
+
+def smoke():
+    """Tiny Llama preset, the first 32 shipped pairs, float32, offline."""
+    return {
+        "preset": testing.tiny_preset("llama"),
+        "max_examples": 32,
+        "sequence_length": 160,
+        "dtype": "float32",
+        "lora_rank": 4,
+        "lora_alpha": 8.0,
+        "batch_size": 8,
+        "epochs": 2,
+        "learning_rate": 3e-2,
+        "max_length": 64,
+        "report_prompts": 2,
+    }
+
+
+def lora_targets(text):
+    """The targets for `enable_lora` from the `lora_targets` config value."""
+    return TARGETS.get(text.strip(), text)
+
+
+def main(config, run):
+    import keras
+    import keras_hub
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    # Settings and data first, so that bad input fails before a large download.
+    chat.check_settings(config.template, config.loss_on, config.overlong)
+    if config.quantize not in QUANTIZE:
+        raise KerastuneError(f"quantize={config.quantize!r}: expected one of "
+                             f"{', '.join(QUANTIZE)}")
+    sampler = make_sampler(config.sampler, config.temperature, seed=config.seed)
+    conversations = chat.read_chat_jsonl(config.data)
+    if config.max_examples:
+        conversations = conversations[:config.max_examples]
+    heldout_conversations = chat.read_chat_jsonl(config.heldout_data)
+    preset = resolve_preset(config.preset, keras_hub.models.CausalLM)
+    if os.path.isdir(preset):
+        preset = os.path.abspath(preset)  # recorded in the adapter for `kerastune chat`
+
+    # Devices: the distribution is set before the model is built, so each
+    # weight is created where it belongs.
+    backbone_cls = (get_preset_loader(preset).check_backbone_class()
+                    if config.distribute == "model" else None)
+    distribution = make_distribution(config.distribute, backbone_cls,
+                                     config.model_parallel or None)
+    shards = batch_shards(distribution)
+    if config.batch_size % shards:
+        raise KerastuneError(f"batch_size={config.batch_size}: expected a multiple of the "
+                             f"{shards} devices on the batch axis (distribute="
+                             f"{config.distribute})")
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        # Model: the base quantized while it loads, then LoRA on the targets.
+        with remat_scope(config.remat):
+            model = load_quantized(keras_hub.models.CausalLM, preset, config.quantize,
+                                   dtype=config.dtype)
+            lora.enable_lora(model, config.lora_rank, config.lora_alpha,
+                             lora_targets(config.lora_targets))
+        counts = lora.parameter_counts(model)
+        log.info("LoRA rank %d on %s: %d trainable of %d weights (%.4f%%), %s base",
+                 config.lora_rank, config.lora_targets, counts["trainable"], counts["total"],
+                 100 * counts["ratio"], config.quantize)
+        template = chat.ChatTemplate(model.preprocessor.tokenizer, config.template)
+
+        # Data: rendered, tokenised, loss-masked, packed.
+        train = chat.pack_conversations(conversations, template, config.sequence_length,
+                                        config.loss_on, config.pack, config.overlong,
+                                        source=f"chat data {config.data!r}")
+        heldout = chat.pack_conversations(heldout_conversations, template,
+                                          config.sequence_length, config.loss_on, pack=False,
+                                          overlong=config.overlong,
+                                          source=f"chat data {config.heldout_data!r}")
+        log.info("data: %d train examples in %d windows (padding %.1f%% before packing, "
+                 "%.1f%% after), %d held out", train.num_examples, len(train.token_ids),
+                 100 * train.padding_before, 100 * train.padding_after, heldout.num_examples)
+        if shards > 1:  # every batch whole, so that it splits over the devices
+            train = fill_windows(train, config.batch_size)
+            heldout = fill_windows(heldout, config.batch_size)
+        heldout_inputs = chat.model_inputs(heldout)
+
+        # Training setup: only the LoRA factors are trainable.
+        model.compile(
+            optimizer=keras.optimizers.AdamW(config.learning_rate,
+                                             weight_decay=config.weight_decay),
+            loss=keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction="mean_with_sample_weight"),
+            weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        generator = ChatGenerator(model, template, sampler, config.max_length)
+        prompts = REPORT_PROMPTS[:config.report_prompts]
+
+        # Evaluation before tuning (B = 0: the base alone).
+        before = replies(generator, prompts, shards)
+        perplexity_before = perplexity(model, *heldout_inputs, batch_size=config.batch_size)
+        log.info("held-out perplexity before tuning: %.2f", perplexity_before)
+
+        # Training: plain fit on token ids, the preprocessor detached.
+        history = HistoryWriter(run)
+        with detached_preprocessor(model):
+            model.fit(chat.chat_dataset(train, config.batch_size, shuffle=True,
+                                        seed=config.seed),
+                      validation_data=chat.chat_dataset(heldout, config.batch_size),
+                      epochs=config.epochs, callbacks=callbacks(run, history, "train"),
+                      verbose=fit_verbosity())
+
+        # Evaluation after tuning.
+        perplexity_after = perplexity(model, *heldout_inputs, batch_size=config.batch_size)
+        after = replies(generator, prompts, shards)
+        log.info("held-out perplexity after tuning: %.2f", perplexity_after)
+
+        # Saving: the adapter (not the base), the template, metrics, the report.
+        lora.save_adapter(model, run.file(ADAPTER_FILE), preset=preset)
+    run.write_json(CHAT_FILE, dict(chat_settings(template),
+                                   sequence_length=config.sequence_length))
+    metrics = {
+        "heldout_perplexity_before": perplexity_before,
+        "heldout_perplexity_after": perplexity_after,
+        "adapter_bytes": os.path.getsize(run.file(ADAPTER_FILE)),
+        "trainable_parameters": counts["trainable"],
+        "total_parameters": counts["total"],
+        "trainable_ratio": counts["ratio"],
+        "quantize": config.quantize,
+        "lora_rank": config.lora_rank,
+        "lora_alpha": config.lora_alpha,
+        "lora_layers": len(lora.lora_state(model).layers),
+        "padding_fraction_before_packing": train.padding_before,
+        "padding_fraction_after_packing": train.padding_after,
+        "train": train.summary(),
+        "heldout": heldout.summary(),
+    }
+    run.write_json("metrics.json", metrics)
+    run.write_text("report.md", report(config, metrics, prompts, before, after))
+
+
+def batch_shards(distribution):
+    """How many parts a batch is split into: devices on the batch axis (1 without)."""
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    return mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+
+
+def fill_windows(packed, multiple):
+    """`packed` with copies of its first windows, weighted 0, added up to a
+    multiple of `multiple` windows: they change no loss and no perplexity."""
+    import numpy as np
+
+    extra = -len(packed.token_ids) % multiple
+    if not extra:
+        return packed
+    rows = np.arange(extra) % len(packed.token_ids)
+    return dataclasses.replace(
+        packed, token_ids=np.concatenate([packed.token_ids, packed.token_ids[rows]]),
+        segment_ids=np.concatenate([packed.segment_ids, packed.segment_ids[rows]]),
+        weights=np.concatenate([packed.weights, np.zeros_like(packed.weights[rows])]))
+
+
+def replies(generator, prompts, shards):
+    """`generator.replies(prompts)`, the batch filled up to a multiple of `shards`."""
+    filled = prompts + [prompts[0]] * (-len(prompts) % shards)
+    return generator.replies(filled)[:len(prompts)]
+
+
+def report(config, metrics, prompts, before, after):
+    """report.md: adapter size, perplexity, data figures, replies before and after."""
+    train = metrics["train"]
+    lines = [
+        "# LoRA chat",
+        "",
+        f"Preset `{config.preset}`, {config.quantize} base, LoRA rank {config.lora_rank} "
+        f"(alpha {config.lora_alpha}) on `{config.lora_targets}` "
+        f"({metrics['lora_layers']} layers), {config.epochs} epoch(s) at learning rate "
+        f"{config.learning_rate}.",
+        "",
+        f"Adapter: {metrics['adapter_bytes']:,} bytes; {metrics['trainable_parameters']:,} "
+        f"trainable of {metrics['total_parameters']:,} weights "
+        f"({100 * metrics['trainable_ratio']:.4f}%).",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        f"| held-out perplexity | {metrics['heldout_perplexity_before']:.2f} | "
+        f"{metrics['heldout_perplexity_after']:.2f} |",
+        f"| padding fraction (train) | {train['padding_fraction_before_packing']:.3f} | "
+        f"{train['padding_fraction_after_packing']:.3f} |",
+        "",
+        f"Training: {train['examples']} examples in {train['windows']} windows of "
+        f"{config.sequence_length + 1} tokens ({train['truncated']} truncated, "
+        f"{train['dropped']} dropped).",
+        "",
+        f"## Replies ({config.sampler} sampler, temperature {config.temperature}, "
+        f"max_length {config.max_length})",
+        "",
+    ]
+    for prompt, old, new in zip(prompts, before, after):
+        old, new = (" ".join(text.split()) or "(empty)" for text in (old, new))
+        lines += [f"**{prompt}**", "", f"- before: {old}", f"- after: {new}", ""]
+    return "\n".join(lines)
