@@ -2,6 +2,11 @@
 
     kerastune run RECIPE [--backend B] [--smoke] [--output-dir DIR] [KEY=VALUE ...]
     kerastune predict RUN_DIR IMAGE ...
+    kerastune predict RUN_DIR --text "A masterpiece." [--text ...]
+    kerastune chat RUN_DIR [--sampler top_p --temperature 0.8 --max-length 128 ...]
+    kerastune chat --preset PRESET --adapter FILE.lora.h5 [...]
+    kerastune merge RUN_DIR --output DIR
+    kerastune evaluate RUN_DIR --data FOLDER [--name NAME]
     kerastune info
     kerastune presets [KIND]
 
@@ -80,15 +85,150 @@ def run(recipe, backend, smoke, output_dir, overwrite, overrides):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1)
+@click.option("--text", "-t", "texts", multiple=True,
+              help="A text to classify (text runs); repeat for more.")
 @BACKEND_OPTION
-def predict(run_dir, images, backend):
-    """Print the label and probability of each IMAGE with a run's model."""
+def predict(run_dir, images, texts, backend):
+    """Print the label and probability of each IMAGE, or of each --text, with a run's model.
+
+    For --text, one line a text: [{"label": ..., "score": ...}] as JSON.
+    """
+    if bool(images) == bool(texts):
+        raise click.UsageError("give image files or --text, not both" if images
+                               else "give image files or --text TEXT")
     _select(backend)
+    if texts:
+        import json
+
+        from kerastune_lab.classifier import load_classifier
+
+        classifier = load_classifier(run_dir)
+        for text in texts:
+            click.echo(json.dumps(classifier(text)))
+        return
     from kerastune_lab.predict import predict_images
 
     for path, label, score in predict_images(run_dir, images):
         click.echo(f"{path}\t{label}\t{score:.4f}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(), required=False)
+@click.option("--adapter", default=None, type=click.Path(dir_okay=False),
+              help="A LoRA adapter file (.lora.h5), instead of RUN_DIR.")
+@click.option("--preset", default=None,
+              help="The base preset under a LoRA adapter. Defaults to the one it records.")
+@click.option("--sampler", default="top_p", show_default=True,
+              type=click.Choice(["greedy", "top_k", "top_p", "beam"]),
+              help="KerasHub sampler.")
+@click.option("--temperature", default=0.8, show_default=True, type=float,
+              help="Divides the logits; lower is more predictable.")
+@click.option("--top-k", default=50, show_default=True, type=int,
+              help="Tokens kept by top_k (and the cap of top_p).")
+@click.option("--top-p", default=0.9, show_default=True, type=float,
+              help="Probability mass kept by top_p.")
+@click.option("--num-beams", default=4, show_default=True, type=int, help="Beams of beam.")
+@click.option("--max-length", default=128, show_default=True, type=int,
+              help="Most tokens of prompt plus reply.")
+@click.option("--seed", default=None, type=int, help="Seed of the random samplers.")
+@BACKEND_OPTION
+def chat(run_dir, adapter, preset, sampler, temperature, top_k, top_p, num_beams, max_length,
+         seed, backend):
+    """Chat with the model of a chat run (e.g. recipes/sarcastic_chat.py), or with
+    a LoRA run or adapter (recipes/lora_chat.py: the base, quantized as
+    recorded, with the adapter on top).
+
+    In a terminal: an interactive prompt (Ctrl-D ends). With standard input
+    from a pipe: one prompt a line, one reply a line (newlines in a reply
+    become spaces; a blank line gets a blank reply).
+    """
+    if (run_dir is None) == (adapter is None):
+        raise click.UsageError("give RUN_DIR or --adapter FILE, not both" if adapter
+                               else "give RUN_DIR or --adapter FILE")
+    _select(backend)
+    from kerastune_lab.generate import load_chat_generator
+
+    generator = load_chat_generator(run_dir, sampler=sampler, max_length=max_length,
+                                    adapter=adapter, preset=preset,
+                                    temperature=temperature, top_k=top_k, top_p=top_p,
+                                    num_beams=num_beams, seed=seed)
+    if not sys.stdin.isatty():
+        for line in sys.stdin:
+            prompt = line.strip()
+            click.echo(" ".join(generator.reply(prompt).split()) if prompt else "")
+            sys.stdout.flush()
+        return
+    click.echo(f"Chatting with the model in {run_dir or adapter}. Ctrl-D ends.", err=True)
+    while True:
+        try:
+            prompt = input("you> ").strip()
+        except EOFError:
+            click.echo("", err=True)
+            return
+        if not prompt:
+            continue
+        try:
+            click.echo(f"bot> {generator.reply(prompt)}")
+        except KerastuneError as e:  # e.g. a prompt too long: say so, keep chatting
+            click.echo(f"kerastune: error: {e}", err=True)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="The preset folder to write; must not exist.")
+@click.option("--preset", default=None,
+              help="The base preset. Defaults to the one the adapter records.")
+@BACKEND_OPTION
+def merge(run_dir, output, preset, backend):
+    """Fold the LoRA adapter of RUN_DIR (a LoRA run, or an adapter file) into its
+    float base and write a preset folder that plain keras_hub loads."""
+    import os
+
+    _select(backend)
+    from kerastune_lab.finetune.lora import save_merged_preset
+    from kerastune_lab.generate import ADAPTER_FILE
+
+    adapter = os.path.join(run_dir, ADAPTER_FILE) if os.path.isdir(run_dir) else run_dir
+    if os.path.isdir(run_dir) and not os.path.isfile(adapter):
+        raise KerastuneError(f"run dir {run_dir!r} has no {ADAPTER_FILE}: expected a LoRA "
+                             "run (recipes/lora_chat.py) or an adapter file")
+    if os.path.exists(output):
+        raise KerastuneError(f"output {output!r} already exists: expected a new folder "
+                             "(remove it or choose another --output)")
+    save_merged_preset(adapter, output, preset=preset)
+    click.echo(output)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--data", "-d", required=True, type=click.Path(),
+              help="A folder with one subfolder per class (e.g. chest_xray/test).")
+@click.option("--name", "-n", default=None,
+              help="Writes into RUN_DIR/eval-NAME/. Defaults to the data folder's name.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation of that name.")
+@click.option("--positive-class", default=None,
+              help="Class of the curves and threshold. Defaults to the run's.")
+@click.option("--target-recall", default=None, type=float,
+              help="Recall of the positive class to pick a threshold for. Defaults to the run's.")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@BACKEND_OPTION
+def evaluate(run_dir, data, name, overwrite, positive_class, target_recall, batch_size,
+             backend):
+    """Evaluate a run's saved model on another labelled image folder.
+
+    Writes the classification report, confusion matrix, ROC and
+    precision-recall curves, threshold, metrics.json and report.md into
+    RUN_DIR/eval-NAME/ and prints that folder.
+    """
+    _select(backend)
+    from kerastune_lab.predict import evaluate_image_folder
+
+    out = evaluate_image_folder(run_dir, data, name=name, overwrite=overwrite,
+                                batch_size=batch_size, positive_class=positive_class,
+                                target_recall=target_recall)
+    click.echo(out.path)
 
 
 @cli.command()

@@ -183,3 +183,145 @@ def make_image_folder(root, class_names=("cat", "dog"), per_class=16, size=40,
         with open(os.path.join(first, "broken.jpg"), "wb") as f:
             f.write(rng.bytes(300))
     return root
+
+
+def xray_image(pneumonia, rng, size=48):
+    """Returns a chest-X-ray-like grayscale image, float (size, size) in 0-255.
+
+    Two dark lung fields in a brighter body; an opacity whitens the lungs,
+    more strongly (on average) in pneumonia. The two classes overlap, so a
+    classifier trained on imbalanced data leans towards the majority class.
+
+    Args:
+        pneumonia: bool. Draw the PNEUMONIA class rather than NORMAL.
+        rng: numpy Generator.
+        size: int. Pixels, square; a multiple of 8. Defaults to 48.
+    """
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    image = 10 + 20 * yy
+    body = ((xx - 0.5) / 0.47) ** 2 + ((yy - 0.55) / 0.52) ** 2 < 1
+    image = np.where(body, 90.0, image)
+    lungs = np.zeros((size, size), bool)
+    for cx in (0.29, 0.71):
+        lungs |= ((xx - cx) / 0.2) ** 2 + ((yy - 0.5) / 0.38) ** 2 < 1
+    image = np.where(lungs, 20.0, image)
+    amp = rng.uniform(70, 200) if pneumonia else rng.uniform(0, 100)
+    haze = rng.uniform(0.5, 1.0, (size // 8, size // 8)).repeat(8, 0).repeat(8, 1)
+    image = image + amp * haze[:size, :size] * lungs
+    image = image + rng.normal(0, 12, image.shape)
+    return np.clip(image, 0, 255)
+
+
+XRAY_CLASSES = ("NORMAL", "PNEUMONIA")
+# (NORMAL, PNEUMONIA) images per split: imbalanced like the real set (about
+# 1:3 in train), with a `val` split far too small to validate on (16 there).
+XRAY_COUNTS = {"train": (24, 72), "val": (2, 2), "test": (16, 24)}
+
+
+def _save_xray(image, path_stem, kind):
+    """Writes `image` as kind 0: 8-bit gray JPEG, 1: RGB JPEG, 2: 16-bit gray
+    PNG, 3: 16-bit RGB PNG. Returns the path."""
+    from PIL import Image
+
+    if kind == 0:
+        path = path_stem + ".jpeg"
+        Image.fromarray(image.astype("uint8"), "L").save(path)
+    elif kind == 1:
+        path = path_stem + ".jpeg"
+        Image.fromarray(image.astype("uint8"), "L").convert("RGB").save(path)
+    elif kind == 2:
+        path = path_stem + ".png"
+        Image.fromarray((image * 257).astype("uint16")).save(path)
+    else:
+        # Pillow writes no 16-bit RGB PNG; TensorFlow's encoder does.
+        import tensorflow as tf
+
+        path = path_stem + ".png"
+        deep = np.repeat((image * 257).astype("uint16")[..., None], 3, axis=-1)
+        with open(path, "wb") as f:
+            f.write(tf.io.encode_png(deep).numpy())
+    return path
+
+
+def make_chest_xray(root, counts=None, size=48, seed=0, kinds=(0, 1, 2, 3)):
+    """Writes the Kaggle "Chest X-Ray Images (Pneumonia)" layout,
+    `root/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png`, with images of
+    `xray_image`: a mix of 8-bit grayscale and RGB JPEGs and 16-bit grayscale
+    and RGB PNGs.
+
+    Args:
+        counts: dict {split: (normal, pneumonia)}. Images per class; a split
+            left out is not written. Defaults to `XRAY_COUNTS`.
+        size: int. Pixels, square. Defaults to 48.
+        kinds: tuple of int. File kinds to cycle through (see `_save_xray`).
+    """
+    rng = np.random.default_rng(seed)
+    counts = XRAY_COUNTS if counts is None else counts
+    for split, per_class in counts.items():
+        for label, (name, n) in enumerate(zip(XRAY_CLASSES, per_class)):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                stem = os.path.join(folder, f"{name.lower()}-{split}-{i:04d}")
+                _save_xray(xray_image(bool(label), rng, size), stem, kinds[i % len(kinds)])
+    return root
+
+
+# Sentiment words of WORDS, for generated reviews whose label follows meaning.
+POSITIVE_WORDS = ("good", "great", "wonderful", "brilliant", "amazing", "perfect", "best",
+                  "love", "loved", "enjoyed", "liked", "nice")
+NEGATIVE_WORDS = ("bad", "terrible", "awful", "boring", "dull", "poor", "worst", "hate",
+                  "hated")
+
+
+def neutral_words():
+    """WORDS without sentiment words or negations."""
+    skip = set(POSITIVE_WORDS + NEGATIVE_WORDS) | {
+        "not", "no", "never", "like", "enjoy", "fine", "sorry", "thanks", "well", "wow",
+        "right", "problem", "please", "sure"}
+    return [w for w in WORDS if w not in skip]
+
+
+def reviews(n, seed=0, positive=POSITIVE_WORDS, negative=NEGATIVE_WORDS, length=(4, 10)):
+    """Returns (texts, labels): `n` short reviews, label 1 when positive.
+
+    Each review is neutral filler with one or two sentiment words of its
+    class, so the label depends on what the words mean.
+    """
+    rng = np.random.default_rng(seed)
+    filler = neutral_words()
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(filler, rng.integers(*length)))
+        for w in rng.choice(positive if label else negative, rng.integers(1, 3)):
+            words.insert(rng.integers(0, len(words) + 1), str(w))
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def make_review_file(path, n=120, seed=0, text_column="review", label_column="sentiment",
+                     class_names=("negative", "positive"), empty=0):
+    """Writes generated reviews as CSV (the Kaggle "IMDB Dataset.csv" layout:
+    review,sentiment with negative/positive) or, for a .jsonl path, JSON lines.
+
+    Args:
+        empty: int. How many rows with an empty text to add (dropped on load).
+    """
+    import csv
+    import json
+
+    texts, labels = reviews(n, seed)
+    rows = [{text_column: t, label_column: class_names[y]} for t, y in zip(texts, labels)]
+    for i in range(empty):
+        rows.insert(3 * i + 1, {text_column: " ", label_column: class_names[0]})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        if str(path).endswith(".jsonl"):
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        else:
+            writer = csv.DictWriter(f, fieldnames=[text_column, label_column])
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
