@@ -44,6 +44,9 @@ class Config:
     test_data: str = ""  # held-out file; "" = the TFDS test split, or a stratified test_split of data
     text_column: str = "text"  # CSV column / JSON key with the review
     label_column: str = "label"  # CSV column / JSON key with the label (any strings)
+    label_names: dict = dataclasses.field(default_factory=lambda: {  # names the classifier answers with
+        "neg": "NEGATIVE", "pos": "POSITIVE",  # TFDS imdb_reviews' labels
+        "negative": "NEGATIVE", "positive": "POSITIVE"})  # Kaggle "IMDB Dataset.csv"; other labels keep their names
     test_split: float = 0.2  # fraction of each class of data held out for testing, without test_data
     val_split: float = 0.1  # fraction of each class of the training texts for validation; 0 for none
     sequence_length: int = 256  # tokens a review, with [CLS]/[SEP]; longer reviews are cut
@@ -91,9 +94,10 @@ def _main(config, run):
     data = text.load_text_data(
         config.data, config.test_data, config.text_column, config.label_column,
         config.batch_size, config.test_split, config.val_split, config.seed)
+    class_names = text.rename_labels(data.class_names, config.label_names)
     log.info("data: %d train / %d val / %d test texts, classes %s, %s empty dropped",
-             data.num_train, data.num_val, data.num_test, data.class_names, data.dropped_empty)
-    run.write_json("labels.json", data.class_names)
+             data.num_train, data.num_val, data.num_test, class_names, data.dropped_empty)
+    run.write_json("labels.json", class_names)
 
     # Model: the preset's encoder and tokenizer, a new head for our classes.
     import keras_hub
@@ -101,7 +105,7 @@ def _main(config, run):
     preprocessor = load_task(keras_hub.models.TextClassifierPreprocessor, config.preset,
                              sequence_length=config.sequence_length)
     model = load_task(keras_hub.models.TextClassifier, config.preset,
-                      num_classes=len(data.class_names), preprocessor=preprocessor,
+                      num_classes=len(class_names), preprocessor=preprocessor,
                       load_weights=config.load_weights)
     longest = getattr(model.backbone, "max_sequence_length", None)
     if longest and config.sequence_length > longest:
@@ -120,9 +124,9 @@ def _main(config, run):
               callbacks=callbacks(run, history, "train"), verbose=fit_verbosity())
 
     # Evaluation: accuracy, per-class report, confusion matrix and curves, on the test set.
-    classifier = TextClassifierPipeline(model, data.class_names, config.batch_size)
+    classifier = TextClassifierPipeline(model, class_names, config.batch_size)
     probs = classifier.predict_proba(data.test_texts)
-    metrics = evaluate_classifier(run, data.test_labels, probs, data.class_names, prefix="test")
+    metrics = evaluate_classifier(run, data.test_labels, probs, class_names, prefix="test")
     metrics["classification_report"] = run.read_json("classification_report.json")
     metrics.update(num_train=data.num_train, num_val=data.num_val, num_test=data.num_test,
                    dropped_empty=data.dropped_empty, sequence_length=config.sequence_length,

@@ -240,6 +240,20 @@ def encode_labels(labels, class_names, source):
     return np.asarray([index[y] for y in labels], dtype="int32")
 
 
+def rename_labels(class_names, names):
+    """Returns `class_names` with each one found in `names` ({old: new}) renamed.
+
+    For display: `{"neg": "NEGATIVE", "pos": "POSITIVE"}` turns TFDS
+    imdb_reviews' names into the ones a classifier is expected to answer.
+    The order (the model's output order) is kept.
+    """
+    renamed = [str(names.get(name, name)) for name in class_names]
+    if len(set(renamed)) < len(renamed):
+        raise KerastuneError(f"label_names={names!r} gives two classes of "
+                             f"{list(class_names)!r} the same name: expected distinct names")
+    return renamed
+
+
 def _class_names(read, source):
     names = read.class_names or sorted(set(read.labels))
     found = set(read.labels)

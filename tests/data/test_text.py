@@ -123,3 +123,11 @@ def test_labels_are_kept_as_written(tmp_path):
     read = text.read_text_file(path)
     assert read.labels == ["1", "0", "1", "0"] and read.dropped_empty == 0
     np.testing.assert_array_equal(text.encode_labels(read.labels, ["0", "1"], path), [1, 0, 1, 0])
+
+
+def test_rename_labels_keeps_order_and_unknown_names():
+    names = {"neg": "NEGATIVE", "pos": "POSITIVE"}
+    assert text.rename_labels(["neg", "pos"], names) == ["NEGATIVE", "POSITIVE"]
+    assert text.rename_labels(["pos", "meh", "neg"], names) == ["POSITIVE", "meh", "NEGATIVE"]
+    with pytest.raises(KerastuneError, match="same name"):
+        text.rename_labels(["neg", "NEGATIVE"], names)

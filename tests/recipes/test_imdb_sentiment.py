@@ -32,12 +32,12 @@ def test_smoke_run_writes_the_run_directory(smoke_run):
     config = json.loads((out / "config.json").read_text())
     assert config["backend"] == BACKEND and config["smoke"] is True
     assert config["config"]["text_column"] == "review"
-    assert json.loads((out / "labels.json").read_text()) == ["negative", "positive"]
+    assert json.loads((out / "labels.json").read_text()) == ["NEGATIVE", "POSITIVE"]
     metrics = json.loads((out / "metrics.json").read_text())
     # The generated reviews are learnable: the labels reached the model intact.
     assert metrics["test_accuracy"] >= 0.85 and 0.0 <= metrics["test_roc_auc"] <= 1.0
     report = metrics["classification_report"]
-    assert report["negative"]["support"] + report["positive"]["support"] == metrics["num_test"]
+    assert report["NEGATIVE"]["support"] + report["POSITIVE"]["support"] == metrics["num_test"]
     assert metrics["dropped_empty"] == {"train": 2, "test": 0}
     assert metrics["sequence_length"] == 12
     assert 0 < metrics["truncated"]["train"] < metrics["num_train"]
@@ -57,7 +57,7 @@ def test_predict_text_prints_what_the_classifier_returns(smoke_run, cli):
     assert result.code == 0, result
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(lines) == 2 and all(len(line) == 1 for line in lines)
-    assert [line[0]["label"] for line in lines] == ["positive", "negative"]
+    assert [line[0]["label"] for line in lines] == ["POSITIVE", "NEGATIVE"]
     assert all(0.5 < line[0]["score"] <= 1.0 for line in lines)
 
 
@@ -150,4 +150,4 @@ def test_mixed_precision_run_loads_back(cli, tmp_path):
     assert saved["config"]["name"] == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"  # put back after the run
     entry, = load_classifier(out)("a great film")
-    assert entry["label"] in ("negative", "positive") and 0.5 <= entry["score"] <= 1.0
+    assert entry["label"] in ("NEGATIVE", "POSITIVE") and 0.5 <= entry["score"] <= 1.0
