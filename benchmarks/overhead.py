@@ -81,7 +81,8 @@ def main():
     set_backbone_trainable(model, True)
     compile_classifier(model, 1e-4)
     timer = EpochTimer()
-    model.fit(data.train, validation_data=data.val, epochs=args.epochs, callbacks=[timer],
+    model.fit(data.train.dataset(), steps_per_epoch=data.train.steps_per_epoch,
+              validation_data=data.val, epochs=args.epochs, callbacks=[timer],
               verbose=0)
     plain_wall = time.perf_counter() - start
 

@@ -11,7 +11,9 @@
     kerastune presets [KIND]
 
 The backend is chosen before anything imports keras. Exit codes: 0 done,
-2 bad input (usage, config, data: one line, no traceback), 1 anything else.
+2 bad input (usage, config, data: one line, no traceback), 1 anything else,
+130/143 interrupted by SIGINT/SIGTERM (a backup is written; the message
+says how to resume).
 """
 
 import logging
@@ -20,7 +22,12 @@ import sys
 import click
 
 from kerastune_lab import backend as backend_lib
-from kerastune_lab.errors import KerastuneError
+from kerastune_lab.errors import (
+    Interrupted,
+    KerastuneError,
+    RunStopped,
+    resource_error_message,
+)
 
 BACKEND_OPTION = click.option(
     "--backend", "-b", default=None, metavar="{jax,tensorflow,torch}",
@@ -67,7 +74,8 @@ def cli():
 @click.option("--smoke", is_flag=True,
               help="Tiny offline preset, small generated data, short schedule.")
 @click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
-              help="Run directory. Defaults to runs/<recipe>-<UTC time>.")
+              help="Run directory. Defaults to runs/<recipe>-<UTC time>. An unfinished "
+                   "run there with the same config is resumed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def run(recipe, backend, smoke, output_dir, overwrite, overrides):
@@ -268,8 +276,36 @@ def presets(kind, backend):
             click.echo(f"  {name}")
 
 
+def _command(argv):
+    """(command, recipe file or None) from the command line's words."""
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    command = words[0] if words else None
+    recipes = [w for w in words[1:] if w.endswith(".py")] if command == "run" else []
+    return command, (recipes[0] if recipes else None)
+
+
+def _recipe_config_keys(path):
+    """The field names of a recipe's `Config`, read without running the file."""
+    import ast
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return ()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            return tuple(n.target.id for n in node.body
+                         if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))
+    return ()
+
+
 def main(argv=None):
-    """Console entry point: maps errors to exit codes 2 (bad input) and 1."""
+    """Console entry point: maps errors to exit codes 2 (bad input) and 1.
+
+    Out of device memory or disk space: one line that says what to change,
+    exit code 1 (`errors.resource_error_message`).
+    """
     try:
         code = cli.main(args=argv, prog_name="kerastune", standalone_mode=False)
     except KerastuneError as e:
@@ -281,6 +317,17 @@ def main(argv=None):
     except click.ClickException as e:
         e.show()
         sys.exit(2)
+    except RunStopped as e:  # interrupted, or a loss not finite: the run and its backup stay
+        prefix = "kerastune: " if isinstance(e, Interrupted) else "kerastune: error: "
+        click.echo(prefix + str(e), err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        command, recipe = _command(argv)
+        message = resource_error_message(e, command, recipe and _recipe_config_keys(recipe))
+        if message is None:
+            raise
+        click.echo(f"kerastune: error: {message}", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -5,15 +5,129 @@ A preset is a KerasHub preset name (`resnet_50_imagenet`), a handle
 folder saved with `save_to_preset` (or a Hugging Face checkpoint folder that
 KerasHub converts). Names are checked against KerasHub's list before any
 download, so a typo is a one-line error that names the close ones.
+
+Loading runs no code from the preset: every load is in Keras' safe mode
+(`safe_loading`, even where a script called
+`keras.config.enable_unsafe_deserialization()`), and a local preset folder or
+run model is checked first (`check_preset_folder`): its configs may not name a
+Lambda layer, and its weights must be in a format that cannot run code
+(`.weights.h5`, safetensors), not pickle (`.bin`, `.pt`, `.pkl`) or `.keras`.
 """
 
 import contextlib
+import json
 import os
 
 from kerastune_lab.config import closest
 from kerastune_lab.errors import KerastuneError
 
 HANDLE_SCHEMES = ("kaggle://", "hf://", "gs://", "modelscope://", "file://")
+
+
+# Weight files that cannot run code when read, and those that can (pickle,
+# or a whole `.keras` model archive).
+SAFE_WEIGHT_SUFFIXES = (".h5", ".hdf5", ".safetensors")
+UNSAFE_WEIGHT_SUFFIXES = (".keras", ".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt",
+                          ".joblib", ".dill")
+# Sharded-weight indexes: their weight_map names the shard files.
+_SHARD_INDEXES = ("model.weights.json", "model.safetensors.index.json")
+
+
+def _lambda_in(obj):
+    """The first Lambda (or serialised Python lambda) named in a JSON config."""
+    if isinstance(obj, dict):
+        name = obj.get("class_name")
+        if isinstance(name, str) and ("Lambda" in name or name == "__lambda__"):
+            return name
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        return next((found for found in map(_lambda_in, obj) if found), None)
+    return None
+
+
+def check_preset_folder(path, what="preset folder"):
+    """Refuses a preset folder that would load anything able to run code.
+
+    Raises a one-line `KerastuneError` when a config (`*.json`) names a
+    Lambda layer, when the weights are only in pickle-based or `.keras`
+    files (e.g. a Hugging Face folder with only `pytorch_model.bin`), or
+    when a sharded index names shards in such a format.
+
+    Args:
+        path: str. The folder.
+        what: str. How errors name it ("preset folder", "run model").
+    """
+    safe, unsafe = [], []
+    for dirpath, _, filenames in os.walk(path):
+        for filename in sorted(filenames):
+            file = os.path.join(dirpath, filename)
+            name = os.path.relpath(file, path)
+            lowered = filename.lower()
+            if lowered.endswith(SAFE_WEIGHT_SUFFIXES):
+                safe.append(name)
+            elif lowered.endswith(UNSAFE_WEIGHT_SUFFIXES):
+                unsafe.append(name)
+            elif lowered.endswith(".json"):
+                try:
+                    with open(file, encoding="utf-8") as f:
+                        config = json.load(f)
+                except (OSError, ValueError):
+                    raise KerastuneError(f"{what} {path!r}: {name} is not valid JSON: "
+                                         "expected a folder written by save_to_preset or a "
+                                         "Hugging Face checkpoint") from None
+                layer = _lambda_in(config)
+                if layer:
+                    raise KerastuneError(
+                        f"{what} {path!r}: {name} names a {layer} layer, whose Python code "
+                        "would run on loading: refused (expected only KerasHub/Keras "
+                        "layers)")
+                if filename in _SHARD_INDEXES and isinstance(config, dict):
+                    shards = config.get("weight_map", {})
+                    shards = shards.values() if isinstance(shards, dict) else []
+                    flat = [s for v in shards for s in (v if isinstance(v, list) else [v])]
+                    bad = [s for s in flat
+                           if not str(s).lower().endswith(SAFE_WEIGHT_SUFFIXES)]
+                    if bad:
+                        raise KerastuneError(
+                            f"{what} {path!r}: {name} names weight file {bad[0]!r}: "
+                            "expected .h5 or .safetensors shards")
+    if unsafe and not safe:
+        raise KerastuneError(
+            f"{what} {path!r} holds weights only in {', '.join(unsafe[:3])}, a format that "
+            "can run code when loaded: refused (expected model.weights.h5 from "
+            "save_to_preset, or model.safetensors)")
+
+
+@contextlib.contextmanager
+def safe_loading():
+    """Runs the block with Keras' safe mode as its default, whatever the global
+    setting.
+
+    `deserialize_keras_object` (which KerasHub's `from_preset` uses for every
+    config) defaults to safe mode, unless a script called
+    `keras.config.enable_unsafe_deserialization()`; inside this block that
+    call is undone. (Not `SafeModeScope(True)`: KerasHub then refuses to read
+    a preset's own tokenizer files.) Safe mode refuses to deserialise Python
+    lambdas (code); a refusal becomes a one-line `KerastuneError`.
+    """
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    try:
+        with SafeModeScope(None):  # None: every deserialisation defaults to safe
+            yield
+    except ValueError as e:
+        if "safe_mode" not in str(e) or "lambda" not in str(e).lower():
+            raise
+        raise KerastuneError("the model's config holds a Python lambda, whose code would "
+                             "run on loading: refused (expected only KerasHub/Keras "
+                             "layers)") from None
+
+
+def from_preset(task_cls, preset, **kwargs):
+    """`task_cls.from_preset(preset, **kwargs)` in Keras' safe mode. Check the
+    preset first with `resolve_preset` (which checks a local folder)."""
+    with safe_loading():
+        return task_cls.from_preset(preset, **kwargs)
 
 
 def resolve_preset(preset, task_cls):
@@ -32,7 +146,12 @@ def resolve_preset(preset, task_cls):
                 f"preset folder {preset!r} has no config.json: expected a folder "
                 "written by save_to_preset or a Hugging Face checkpoint"
             )
+        check_preset_folder(path)
         return path
+    if os.path.isfile(path):
+        raise KerastuneError(
+            f"preset {preset!r} is a file: expected a preset name, a handle, or a preset "
+            "folder written by save_to_preset (.keras and pickle files are not loaded)")
     known = task_cls.presets
     if preset in known:
         return preset
@@ -45,8 +164,9 @@ def resolve_preset(preset, task_cls):
 
 
 def load_task(task_cls, preset, **kwargs):
-    """Loads `task_cls.from_preset(preset, **kwargs)` after `resolve_preset`."""
-    return task_cls.from_preset(resolve_preset(preset, task_cls), **kwargs)
+    """Loads `task_cls.from_preset(preset, **kwargs)` after `resolve_preset`,
+    in Keras' safe mode."""
+    return from_preset(task_cls, resolve_preset(preset, task_cls), **kwargs)
 
 
 def load_image_classifier(preset, num_classes, **kwargs):
@@ -71,15 +191,18 @@ def load_run_model(run, task_cls, **kwargs):
     path = run.file("model")
     if not os.path.isdir(path):
         raise KerastuneError(f"run dir {run.path!r} holds no model/ folder: was the run finished?")
-    if "dtype" not in kwargs and os.path.exists(os.path.join(path, "config.json")):
-        import json
-
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise KerastuneError(f"run dir {run.path!r}: model/ has no config.json: expected a "
+                             "model saved by the run (save_to_preset)")
+    check_preset_folder(path, "run model")
+    if "dtype" not in kwargs:
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
             dtype = json.load(f).get("config", {}).get("dtype")
         name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
         if str(name).startswith("mixed_"):
             kwargs["dtype"] = "float32"
-    return task_cls.from_preset(path, **kwargs)
+    with safe_loading():
+        return task_cls.from_preset(path, **kwargs)
 
 
 @contextlib.contextmanager

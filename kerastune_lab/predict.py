@@ -29,8 +29,8 @@ def predict_images(run_dir, paths, batch_size=32):
     if "image_size" not in config:
         raise KerastuneError(f"run dir {run_dir!r} is not an image-classification run")
     class_names = run.read_json("labels.json")
+    images = load_images(paths, config["image_size"])  # bad files fail before loading
     model = load_run_model(run, keras_hub.models.ImageClassifier)
-    images = load_images(paths, config["image_size"])
     probs = _softmax(np.asarray(model.predict(images, batch_size=batch_size, verbose=0),
                                 dtype="float64"))
     best = probs.argmax(axis=-1)

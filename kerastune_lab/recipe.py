@@ -9,6 +9,11 @@ A recipe is a Python file with
 `run_recipe` applies `--smoke`, then the command line's `key=value`
 overrides, makes the run directory, writes `config.json`, calls `main`,
 plots the training curves and marks the run finished.
+
+An unfinished run directory of the same recipe, backend and config is
+resumed: `main` runs again, and its `resume.Backup` callbacks restore the
+training state where the backup left it. SIGINT and SIGTERM stop the run
+after a backup (`resume.handle_interrupts`); the error says how to resume.
 """
 
 import dataclasses
@@ -16,6 +21,7 @@ import datetime
 import importlib.util
 import logging
 import os
+import shlex
 import sys
 
 from kerastune_lab import config as config_lib
@@ -61,46 +67,82 @@ def _add_log_file(run):
     return handler
 
 
+def resume_command(path, backend, smoke, overrides, output_dir):
+    """The `kerastune run` command line that resumes a run, shell-quoted."""
+    words = ["kerastune", "run", os.fspath(path), "--backend", backend]
+    words += ["--smoke"] if smoke else []
+    words += ["--output-dir", os.fspath(output_dir), *overrides]
+    return shlex.join(words)
+
+
 def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False):
     """Runs a recipe file end to end and returns its RunDir.
 
     The backend must already be chosen (`kerastune_lab.backend.use_backend`).
+    An unfinished run in `output_dir` of the same recipe, backend and config
+    is resumed from its backup.
     """
     module = load_recipe(path)
     cfg = resolve_config(module, smoke, overrides)
     import keras
 
-    run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME), overwrite=overwrite)
-    handler = _add_log_file(run)
-    try:
-        run.write_json("config.json", {
-            "recipe": module.RECIPE_NAME,
-            "recipe_path": os.path.abspath(path),
-            "backend": keras.backend.backend(),
-            "smoke": smoke,
-            "overrides": list(overrides),
-            "config": config_lib.to_dict(cfg),
-            "versions": package_versions(),
-            "command": sys.argv,
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        })
-        if hasattr(cfg, "seed"):
-            keras.utils.set_random_seed(cfg.seed)
-        module.main(cfg, run)
-        if os.path.exists(run.file("history.csv")):
-            from kerastune_lab.evaluate import plot_history
-            from kerastune_lab.runs import read_csv
+    from kerastune_lab import resume
 
-            plot_history(read_csv(run.file("history.csv")), run.file("training_curves.png"))
-        run.finish()
+    identity = {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),
+                "config": config_lib.to_dict(cfg)}
+    run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME), overwrite=overwrite,
+                        resume=identity)
+    handler = _add_log_file(run)
+    command = resume_command(path, identity["backend"], smoke, overrides, run.path)
+    try:
+        if run.resumed:
+            log.info("resuming the unfinished run in %s", run.path)
+            resumed = run.read_json("config.json").get("resumed", [])
+            run.update_json("config.json", resumed=resumed + [{
+                "command": sys.argv,
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}])
+        else:
+            _write_config(run, module, path, smoke, overrides, cfg, identity["backend"])
+        with resume.handle_interrupts():
+            if hasattr(cfg, "seed"):
+                keras.utils.set_random_seed(cfg.seed)
+            module.main(cfg, run)
+            if os.path.exists(run.file("history.csv")):
+                from kerastune_lab.evaluate import plot_history
+                from kerastune_lab.runs import read_csv
+
+                plot_history(read_csv(run.file("history.csv")), run.file("training_curves.png"))
+            run.finish()
+    except resume.RunStopped as e:
+        if isinstance(e, resume.Interrupted):
+            e.resume_command = command
+        # In log.txt only: the CLI prints it on stderr.
+        handler.handle(logging.LogRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))
+        raise
     except KerastuneError:
         # Bad input found once the run had started: nothing of value was
-        # written, so leave no half-made run directory behind.
+        # written, so leave no half-made run directory behind (a resumed
+        # run keeps its directory and backup).
         logging.getLogger("kerastune_lab").removeHandler(handler)
         handler.close()
-        run.discard()
+        if not run.resumed:
+            run.discard()
         raise
     finally:
         logging.getLogger("kerastune_lab").removeHandler(handler)
         handler.close()
     return run
+
+
+def _write_config(run, module, path, smoke, overrides, cfg, backend):
+    run.write_json("config.json", {
+        "recipe": module.RECIPE_NAME,
+        "recipe_path": os.path.abspath(path),
+        "backend": backend,
+        "smoke": smoke,
+        "overrides": list(overrides),
+        "config": config_lib.to_dict(cfg),
+        "versions": package_versions(),
+        "command": sys.argv,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    })

@@ -24,10 +24,14 @@ import os
 import shutil
 import tempfile
 
-from kerastune_lab.errors import KerastuneError
+from kerastune_lab.errors import DISK_ERRNOS, KerastuneError
 
 FINISHED = "FINISHED"
 REPLACED = ".replaced"  # suffix of a run set aside by --overwrite
+BACKUP_DIR = "backup"  # training backup of an unfinished run (resume.Backup)
+# A run directory is refused when its disk has less free space than this (MB);
+# the environment variable KERASTUNE_MIN_FREE_MB overrides it.
+MIN_FREE_MB = 100
 PACKAGES = ("keras", "keras-hub", "tensorflow", "jax", "jaxlib", "torch",
             "tensorflow-datasets", "kerastune_lab")
 
@@ -37,23 +41,36 @@ def atomic_path(path):
     """Yields a temporary path beside `path`; renames it to `path` on success.
 
     Works for files and for folders (a folder that exists at `path` is
-    replaced). On error the temporary is removed and `path` is untouched.
+    replaced). On error the temporary is removed and `path` is untouched. An
+    OSError of a full, over-quota or read-only disk names `path` (not the
+    temporary), so the CLI's one-line message says which file it was.
     """
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    target = os.path.join(tmp, os.path.basename(path))
+    tmp = None
     try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+        target = os.path.join(tmp, os.path.basename(path))
         yield target
         if os.path.isdir(target) and os.path.isdir(path):
             old = path + ".old"
             os.replace(path, old)
-            os.replace(target, path)
+            try:
+                os.replace(target, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous folder back
+                raise
             shutil.rmtree(old)
         else:
             os.replace(target, path)
+    except OSError as e:
+        if e.errno in DISK_ERRNOS and (e.filename is None or tmp is None
+                                       or os.fspath(e.filename).startswith(tmp)):
+            e.filename = path
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path, text):
@@ -101,6 +118,90 @@ def package_versions():
     return versions
 
 
+def _existing_ancestor(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def min_free_mb():
+    """The free space a run directory's disk must have: $KERASTUNE_MIN_FREE_MB
+    or `MIN_FREE_MB`."""
+    text = os.environ.get("KERASTUNE_MIN_FREE_MB")
+    if text is None:
+        return MIN_FREE_MB
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not value >= 0:
+        raise KerastuneError(f"KERASTUNE_MIN_FREE_MB={text!r}: expected a number of MB, 0 "
+                             "or more")
+    return value
+
+
+def check_writable(path, min_free=None, set_aside=False):
+    """Raises a one-line `KerastuneError` unless a run directory can be written
+    at `path`: the folder (or the nearest folder above it that exists) must
+    be writable, and its disk must have `min_free` MB free.
+
+    Args:
+        path: str. The run directory, existing or not.
+        min_free: float or None. MB. Defaults to `min_free_mb()`.
+        set_aside: bool. An existing `path` will be renamed (--overwrite), so
+            its parent must be writable too.
+    """
+    path = os.path.abspath(os.fspath(path))
+    min_free = min_free_mb() if min_free is None else min_free
+    where = _existing_ancestor(path if not set_aside else os.path.dirname(path))
+    if not os.path.isdir(where):
+        raise KerastuneError(f"output dir {path!r} cannot be created: {where!r} is a file, "
+                             "expected a folder")
+    for folder in {where, path} if os.path.isdir(path) else {where}:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise KerastuneError(f"output dir {path!r} cannot be written: {folder!r} is not "
+                                 "writable; choose another --output-dir")
+    free = shutil.disk_usage(where).free / 2**20
+    if free < min_free:
+        raise KerastuneError(
+            f"output dir {path!r}: only {free:.0f} MB free on its disk, expected at least "
+            f"{min_free:g} MB (free some space, choose another --output-dir, or set "
+            "KERASTUNE_MIN_FREE_MB)")
+
+
+def _normal(value):
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+def _resumable(path, identity):
+    """Whether `path` holds an unfinished run of `identity` ({"recipe",
+    "backend", "config"}) to resume. False for a finished run or a folder
+    without a kerastune config.json; a one-line `KerastuneError` for an
+    unfinished run of another recipe, backend or config."""
+    if os.path.exists(os.path.join(path, FINISHED)):
+        return False
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        return False
+    fix = "run its own command to resume it, or pass --overwrite to start again"
+    for key in ("recipe", "backend"):
+        if saved.get(key) != identity[key]:
+            raise KerastuneError(f"output dir {path!r} holds an unfinished run with "
+                                 f"{key} {saved.get(key)!r}, not {identity[key]!r}: {fix}")
+    old, new = saved["config"], _normal(identity["config"])
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            raise KerastuneError(f"output dir {path!r} holds an unfinished run with another "
+                                 f"config ({key}={old.get(key)!r} there, {new.get(key)!r} "
+                                 f"here): {fix}")
+    return True
+
+
 def default_run_dir(recipe_name, root="runs"):
     """Returns `runs/<recipe>-<UTC time>`."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -121,6 +222,7 @@ class RunDir:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self.resumed = False  # an unfinished run, reused by `create(resume=...)`
 
     def __repr__(self):
         return f"RunDir({self.path!r})"
@@ -133,24 +235,47 @@ class RunDir:
         return os.path.exists(self.file(FINISHED))
 
     @classmethod
-    def create(cls, path, overwrite=False):
+    def create(cls, path, overwrite=False, min_free_mb=None, resume=None):
         """Makes the folder, refusing to reuse one that holds a run.
+
+        Checks first that the folder can be written and that its disk has
+        `min_free_mb` free (`check_writable`), so a run fails before it
+        trains rather than when it saves.
 
         Args:
             path: str. The folder to create.
             overwrite: bool. Replace a folder that already holds files.
                 Defaults to `False`.
+            min_free_mb: float or None. Free space the disk must have, in MB.
+                Defaults to $KERASTUNE_MIN_FREE_MB, else `MIN_FREE_MB`.
+            resume: dict or None. {"recipe", "backend", "config"} of the run
+                to make: an unfinished run of the same ones at `path` is
+                reused (`resumed` is True), one of others is an error.
         """
         path = os.fspath(path)
         if os.path.exists(path) and not os.path.isdir(path):
             raise KerastuneError(f"output dir {path!r} exists and is not a folder")
-        if os.path.isdir(path) and os.listdir(path):
+        busy = os.path.isdir(path) and os.listdir(path)
+        resumed = bool(busy and not overwrite and resume is not None
+                       and _resumable(path, resume))
+        if resumed:
+            check_writable(path, min_free_mb)
+            run = cls(path)
+            run.resumed = True
+            return run
+        if busy and not overwrite:
             what = "a finished run" if os.path.exists(os.path.join(path, FINISHED)) else "files"
-            if not overwrite:
-                raise KerastuneError(
-                    f"output dir {path!r} already holds {what}; choose another "
-                    "--output-dir or pass --overwrite"
-                )
+            raise KerastuneError(
+                f"output dir {path!r} already holds {what}; choose another "
+                "--output-dir or pass --overwrite"
+            )
+        check_writable(path, min_free_mb, set_aside=bool(busy))
+        if busy and os.path.isdir(path + REPLACED) and not os.path.exists(
+                os.path.join(path, FINISHED)):
+            # The unfinished run of an earlier --overwrite: the finished run
+            # it replaced stays set aside.
+            shutil.rmtree(path)
+        elif busy:
             # Set aside, not deleted, until the new run finishes (`finish`).
             shutil.rmtree(path + REPLACED, ignore_errors=True)
             os.replace(path, path + REPLACED)
@@ -198,8 +323,10 @@ class RunDir:
             model.save_to_preset(tmp)
 
     def finish(self):
-        """Marks the run finished and drops the run it replaced, if any."""
+        """Marks the run finished; drops its training backup and the run it
+        replaced, if any."""
         self.write_text(FINISHED, datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")
+        shutil.rmtree(self.file(BACKUP_DIR), ignore_errors=True)
         shutil.rmtree(self.path + REPLACED, ignore_errors=True)
 
     def discard(self):

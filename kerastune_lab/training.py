@@ -2,8 +2,12 @@
 
 Keras' `CSVLogger` appends to its file as it goes, so a crash can leave a
 half-written line; `HistoryWriter` rewrites `history.csv` atomically at each
-epoch end instead, and marks each row with the phase that produced it.
+epoch end instead, and marks each row with the phase that produced it. In a
+resumed run it starts from the rows already there (a row written again, for
+an epoch done again, replaces the old one).
 """
+
+import os
 
 import sys
 import time
@@ -37,6 +41,16 @@ class HistoryWriter(keras.callbacks.Callback):
         self.phase = phase
         self.rows = []
         self._start = None
+        if os.path.exists(run.file("history.csv")):  # a resumed run
+            from kerastune_lab.runs import read_csv
+
+            self.rows = read_csv(run.file("history.csv"))
+            for row in self.rows:
+                row["epoch"] = int(row["epoch"])
+
+    def last(self, phase):
+        """The last row of `phase` (a dict), or None."""
+        return next((r for r in reversed(self.rows) if r["phase"] == phase), None)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -46,11 +60,15 @@ class HistoryWriter(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in (logs or {}).items()})
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._start, 3)
-        self.rows.append(row)
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         self.run.write_csv("history.csv", self.rows)
 
 
-def callbacks(run, history, phase, extra=()):
-    """Returns the callbacks for one `fit` call of phase `phase`."""
+def callbacks(run, history, phase, backup=None, extra=()):
+    """Returns the callbacks for one `fit` call of phase `phase`: `history`,
+    then `backup` (a `resume.Backup`, or None) and `extra`."""
     history.phase = phase
-    return [history, *extra]
+    if backup is None:
+        return [history, *extra]
+    backup.phase = phase
+    return [history, backup, *extra]

@@ -10,7 +10,9 @@ Then:
 
 Phase 1 trains only the new 2-class head at `head_learning_rate` with the
 backbone frozen; phase 2 unfreezes the backbone (BatchNorm stays in inference
-mode) and trains everything at `learning_rate`.
+mode) and trains everything at `learning_rate`. Training is backed up at each
+epoch end (and every `save_every_steps` steps): the same command resumes an
+interrupted run.
 """
 
 import dataclasses
@@ -20,6 +22,7 @@ from kerastune_lab import testing
 from kerastune_lab.data import images
 from kerastune_lab.finetune import two_phase
 from kerastune_lab.models import load_image_classifier
+from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, callbacks
 
 log = logging.getLogger("kerastune_lab")
@@ -40,6 +43,7 @@ class Config:
     flip: str = "horizontal"  # augmentation: "horizontal", "vertical", "horizontal_and_vertical" or ""
     rotation: float = 0.1  # augmentation: largest rotation, fraction of a full turn
     zoom: float = 0.1  # augmentation: largest zoom, fraction of the image size
+    save_every_steps: int = 0  # back up every N steps as well as at epoch ends (0: epoch ends only)
     seed: int = 1337
 
 
@@ -60,7 +64,9 @@ def smoke():
 
 
 def main(config, run):
-    # Data: decoded, resized, augmented (training split only), prefetched.
+    # Data: decoded, resized, augmented (training split only), prefetched; the
+    # training batches are a function of (seed, epoch), so a resumed run sees
+    # the same ones.
     augment = images.augmentation_layers(config.flip or None, config.rotation, config.zoom,
                                          seed=config.seed)
     data = images.load_image_data(config.data, config.image_size, config.batch_size,
@@ -72,19 +78,21 @@ def main(config, run):
     # Model: the preset's backbone with a new head for our classes.
     model = load_image_classifier(config.preset, num_classes=len(data.class_names))
 
-    # Training: two phases, switched with `trainable` flags.
+    # Training: two phases, switched with `trainable` flags, backed up as
+    # they go (an interrupted run resumes from the backup).
     history = HistoryWriter(run)
-    results = two_phase.fine_tune(
+    backup = Backup(run, config.save_every_steps)
+    two_phase.fine_tune(
         model, data.train, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
-        callbacks=lambda phase: callbacks(run, history, phase),
-        train_batchnorm=config.train_batchnorm,
+        callbacks=lambda phase: callbacks(run, history, phase, backup),
+        train_batchnorm=config.train_batchnorm, backup=backup,
     )
 
     # Evaluation: validation accuracy after each phase.
-    metrics = {f"{phase}_val_accuracy": h.history["val_accuracy"][-1]
-               for phase, h in results.items()}
+    metrics = {f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
+               for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)}
     metrics["val_loss"], metrics["val_accuracy"] = model.evaluate(data.val, verbose=0)
     metrics.update(num_train=data.num_train, num_val=data.num_val, skipped=data.skipped)
 

@@ -31,6 +31,7 @@ from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.finetune.two_phase import compile_classifier
 from kerastune_lab.models import load_task
+from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
 
 log = logging.getLogger("kerastune_lab")
@@ -55,6 +56,7 @@ class Config:
     learning_rate: float = 3e-5  # Adam; low, to keep what the encoder knows
     mixed_precision: bool = False  # GPU: compute in 16 bits, keep weights in float32
     mixed_precision_dtype: str = "bfloat16"  # "bfloat16" (Ampere and later, TPU) or "float16" (older GPUs)
+    save_every_steps: int = 0  # back up every N steps as well as at epoch ends (0: epoch ends only)
     seed: int = 1337
 
 
@@ -117,11 +119,15 @@ def _main(config, run):
              config.sequence_length, truncated["train"], data.num_train,
              truncated["test"], data.num_test)
 
-    # Training: everything at once, at a low learning rate.
+    # Training: everything at once, at a low learning rate, from where the
+    # backup of an interrupted run left off, if any.
     compile_classifier(model, config.learning_rate)
     history = HistoryWriter(run)
-    model.fit(data.train, validation_data=data.val, epochs=config.epochs,
-              callbacks=callbacks(run, history, "train"), verbose=fit_verbosity())
+    backup = Backup(run, config.save_every_steps)
+    epoch, step = backup.start("train")
+    model.fit(data.train.dataset(epoch, step), steps_per_epoch=data.train.steps_per_epoch,
+              initial_epoch=epoch, validation_data=data.val, epochs=config.epochs,
+              callbacks=callbacks(run, history, "train", backup), verbose=fit_verbosity())
 
     # Evaluation: accuracy, per-class report, confusion matrix and curves, on the test set.
     classifier = TextClassifierPipeline(model, class_names, config.batch_size)

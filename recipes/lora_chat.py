@@ -32,7 +32,10 @@ perplexity, generations) and changed where LoRA differs:
 - `distribute` (JAX: data or model parallel) is set before the model is
   built, and the model is built under `remat`;
 - the run directory holds `adapter.lora.h5` (base preset, quantize mode,
-  rank, alpha and targets recorded), not the base.
+  rank, alpha and targets recorded), not the base;
+- the training backup (for resuming an interrupted run with the same
+  command) holds the adapter and optimizer state only, read straight from
+  the variables: never merged into the base, which is loaded again.
 
 Data: `recipes/data/sarcastic_chat.jsonl` is trained on and
 `recipes/data/sarcastic_chat_heldout.jsonl` gives the held-out perplexity
@@ -61,6 +64,7 @@ from kerastune_lab.generate import (
     make_sampler,
 )
 from kerastune_lab.models import detached_preprocessor, resolve_preset
+from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
 
 log = logging.getLogger("kerastune_lab")
@@ -109,6 +113,7 @@ class Config:
     temperature: float = 1.0  # report generations
     max_length: int = 128  # report generations: most tokens of prompt plus reply
     report_prompts: int = 6  # how many of REPORT_PROMPTS to answer before and after
+    save_every_steps: int = 0  # back up (adapter + optimizer) every N steps as well as at epoch ends; 0: epoch ends only
     seed: int = 1337
 
 
@@ -209,13 +214,17 @@ def main(config, run):
         perplexity_before = perplexity(model, *heldout_inputs, batch_size=config.batch_size)
         log.info("held-out perplexity before tuning: %.2f", perplexity_before)
 
-        # Training: plain fit on token ids, the preprocessor detached.
+        # Training: plain fit on token ids, the preprocessor detached, from
+        # where the backup (trainable weights: the adapter) left off, if any.
         history = HistoryWriter(run)
+        backup = Backup(run, config.save_every_steps, weights="trainable")
+        train_batches = chat.chat_stream(train, config.batch_size, seed=config.seed)
+        epoch, step = backup.start("train")
         with detached_preprocessor(model):
-            model.fit(chat.chat_dataset(train, config.batch_size, shuffle=True,
-                                        seed=config.seed),
+            model.fit(train_batches.dataset(epoch, step),
+                      steps_per_epoch=train_batches.steps_per_epoch, initial_epoch=epoch,
                       validation_data=chat.chat_dataset(heldout, config.batch_size),
-                      epochs=config.epochs, callbacks=callbacks(run, history, "train"),
+                      epochs=config.epochs, callbacks=callbacks(run, history, "train", backup),
                       verbose=fit_verbosity())
 
         # Evaluation after tuning.

@@ -28,6 +28,7 @@ from kerastune_lab.data import chat
 from kerastune_lab.evaluate import perplexity
 from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
 from kerastune_lab.models import detached_preprocessor, load_task
+from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
 
 log = logging.getLogger("kerastune_lab")
@@ -64,6 +65,7 @@ class Config:
     temperature: float = 1.0  # report generations
     max_length: int = 96  # report generations: most tokens of prompt plus reply
     report_prompts: int = 6  # how many of REPORT_PROMPTS to answer before and after
+    save_every_steps: int = 0  # back up every N steps as well as at epoch ends (0: epoch ends only)
     seed: int = 1337
 
 
@@ -125,12 +127,17 @@ def main(config, run):
     perplexity_before = perplexity(model, *heldout_inputs, batch_size=config.batch_size)
     log.info("held-out perplexity before tuning: %.2f", perplexity_before)
 
-    # Training: plain fit on token ids, the preprocessor detached.
+    # Training: plain fit on token ids, the preprocessor detached, from where
+    # the backup of an interrupted run left off, if any.
     history = HistoryWriter(run)
+    backup = Backup(run, config.save_every_steps)
+    train_batches = chat.chat_stream(train, config.batch_size, seed=config.seed)
+    epoch, step = backup.start("train")
     with detached_preprocessor(model):
-        model.fit(chat.chat_dataset(train, config.batch_size, shuffle=True, seed=config.seed),
+        model.fit(train_batches.dataset(epoch, step),
+                  steps_per_epoch=train_batches.steps_per_epoch, initial_epoch=epoch,
                   validation_data=chat.chat_dataset(heldout, config.batch_size),
-                  epochs=config.epochs, callbacks=callbacks(run, history, "train"),
+                  epochs=config.epochs, callbacks=callbacks(run, history, "train", backup),
                   verbose=fit_verbosity())
 
     # Evaluation after tuning.

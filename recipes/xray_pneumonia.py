@@ -39,6 +39,7 @@ from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.finetune import class_weights, two_phase
 from kerastune_lab.models import load_image_classifier
 from kerastune_lab.predict import predict_dataset
+from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, callbacks
 
 log = logging.getLogger("kerastune_lab")
@@ -65,6 +66,7 @@ class Config:
     contrast: float = 0.1  # augmentation: largest contrast change, fraction (exposure varies between films)
     positive_class: str = "PNEUMONIA"  # the class of the ROC/PR curves and of the threshold
     target_recall: float = 0.95  # recall of positive_class to choose a decision threshold for
+    save_every_steps: int = 0  # back up every N steps as well as at epoch ends (0: epoch ends only)
     seed: int = 1337
 
 
@@ -112,14 +114,16 @@ def main(config, run):
     # Model: the preset's backbone with a new head for our classes.
     model = load_image_classifier(config.preset, num_classes=len(data.class_names))
 
-    # Training: two phases, switched with `trainable` flags, the loss class-weighted.
+    # Training: two phases, switched with `trainable` flags, the loss
+    # class-weighted, backed up as they go (the same command resumes).
     history = HistoryWriter(run)
+    backup = Backup(run, config.save_every_steps)
     two_phase.fine_tune(
         model, data.train, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
-        callbacks=lambda phase: callbacks(run, history, phase),
-        train_batchnorm=config.train_batchnorm, class_weight=weights,
+        callbacks=lambda phase: callbacks(run, history, phase, backup),
+        train_batchnorm=config.train_batchnorm, class_weight=weights, backup=backup,
     )
 
     # Evaluation: on test/, past accuracy.

@@ -484,6 +484,17 @@ def chat_dataset(packed, batch_size, shuffle=False, seed=None):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def chat_stream(packed, batch_size, seed=0):
+    """`model_inputs(packed)` as a resumable training `Stream` of (x, y,
+    sample_weight) batches, shuffled per (seed, epoch)."""
+    import tensorflow as tf
+
+    from kerastune_lab.data.stream import Stream
+
+    examples = tf.data.Dataset.from_tensor_slices(model_inputs(packed))
+    return Stream(examples, len(packed.token_ids), batch_size, seed)
+
+
 def pack_conversations(conversations, template, sequence_length, loss_on="assistant", pack=True,
                        overlong="truncate", source="chat data"):
     """Tokenises and packs conversations (see `ChatTemplate.encode_many` and

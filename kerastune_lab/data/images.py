@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from kerastune_lab.data.stream import Stream
 from kerastune_lab.errors import KerastuneError
 
 log = logging.getLogger("kerastune_lab")
@@ -27,7 +28,7 @@ TFDS_PREFIX = "tfds:"
 class ImageData:
     """Training and validation pipelines with what describes them."""
 
-    train: object  # tf.data.Dataset of (float32 images 0-255, int labels)
+    train: object  # stream.Stream of (float32 images 0-255, int labels), augmented
     val: object
     class_names: list
     num_train: int
@@ -192,15 +193,34 @@ def pipeline(ds, batch_size, shuffle=False, augment=(), seed=None, repeat_size=N
 
 def files_dataset(paths, labels, image_size):
     """A tf.data.Dataset of (image, label) decoded from files."""
+    return decode_files(path_dataset(paths, labels), image_size)
+
+
+def path_dataset(paths, labels):
+    """A tf.data.Dataset of (path, int32 label), not decoded."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, "int32")))
+    return tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, "int32")))
+
+
+def decode_files(ds, image_size):
+    """Maps a dataset of (path, label) to (image, label), dropping files that
+    fail to decode."""
+    import tensorflow as tf
+
     ds = ds.map(
         lambda p, y: (decode_image(tf.io.read_file(p), image_size), y),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     # A file that passed the scan but fails to decode is dropped, not fatal.
     return ds.ignore_errors(log_warning=True)
+
+
+def train_stream(paths, labels, image_size, batch_size, seed=0, augment=()):
+    """The training images as a resumable `Stream`: shuffled (paths, cheaply)
+    and augmented as a function of (seed, epoch), decoded after shuffling."""
+    return Stream(path_dataset(paths, labels), len(paths), batch_size, seed,
+                  prepare=lambda ds: decode_files(ds, image_size), augment=augment)
 
 
 def load_image_folder(root, image_size, batch_size, val_split=0.2, seed=0, augment=()):
@@ -210,11 +230,9 @@ def load_image_folder(root, image_size, batch_size, val_split=0.2, seed=0, augme
         raise KerastuneError(f"val_split={val_split}: expected a fraction between 0 and 1")
     train_idx, val_idx = stratified_split(labels, val_split, seed)
     take = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
-    train = files_dataset(*take(train_idx), image_size)
     val = files_dataset(*take(val_idx), image_size)
     return ImageData(
-        train=pipeline(train, batch_size, shuffle=True, augment=augment, seed=seed,
-                       repeat_size=len(train_idx)),
+        train=train_stream(*take(train_idx), image_size, batch_size, seed, augment),
         val=pipeline(val, batch_size),
         class_names=class_names,
         num_train=len(train_idx),
@@ -245,15 +263,16 @@ def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), d
     else:
         cut = int(round(100 * (1 - val_split)))
         splits = [f"train[:{cut}%]", f"train[{cut}%:]"]
+    # Files in a fixed order: the training stream shuffles them per epoch.
     train, val = tfds.load(name, split=splits, as_supervised=True, data_dir=data_dir,
-                           shuffle_files=True, read_config=tfds.ReadConfig(shuffle_seed=seed))
+                           shuffle_files=False)
     resize = lambda x, y: (tf.image.resize(x, (image_size, image_size)), tf.cast(y, "int32"))  # noqa: E731
     num_train = int(train.cardinality())
     num_val = int(val.cardinality())
-    train = train.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
     val = val.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
     return ImageData(
-        train=pipeline(train, batch_size, shuffle=True, augment=augment, seed=seed),
+        train=Stream(train, num_train, batch_size, seed, augment=augment, shuffle_buffer=1024,
+                     prepare=lambda ds: ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)),
         val=pipeline(val, batch_size),
         class_names=class_names,
         num_train=num_train,

@@ -52,7 +52,7 @@ class TextData:
     as lists for evaluation.
     """
 
-    train: object  # tf.data.Dataset
+    train: object  # stream.Stream of (string, int32), resumable
     val: object  # tf.data.Dataset or None (val_split=0)
     test: object  # tf.data.Dataset
     class_names: list
@@ -288,6 +288,16 @@ def text_dataset(texts, labels, batch_size, shuffle=False, seed=None):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def text_stream(texts, labels, batch_size, seed=0):
+    """(texts, labels) as a resumable training `Stream` (shuffled per (seed, epoch))."""
+    import tensorflow as tf
+
+    from kerastune_lab.data.stream import Stream
+
+    examples = tf.data.Dataset.from_tensor_slices((list(texts), np.asarray(labels, "int32")))
+    return Stream(examples, len(texts), batch_size, seed)
+
+
 def load_text_data(data, test_data="", text_column="text", label_column="label",
                    batch_size=32, test_split=0.2, val_split=0.1, seed=0):
     """Loads training, validation and test texts as tf.data pipelines.
@@ -326,7 +336,7 @@ def load_text_data(data, test_data="", text_column="text", label_column="label",
         texts, val_texts, labels, val_labels = _split(texts, labels, val_split, seed,
                                                       "val_split", data)
     return TextData(
-        train=text_dataset(texts, labels, batch_size, shuffle=True, seed=seed),
+        train=text_stream(texts, labels, batch_size, seed),
         val=text_dataset(val_texts, val_labels, batch_size) if val_split else None,
         test=text_dataset(test_texts, test_labels, batch_size),
         class_names=list(class_names),

@@ -38,7 +38,7 @@ CHEST_XRAY_CLASSES = ("NORMAL", "PNEUMONIA")
 class SplitData:
     """Training, validation and test pipelines with what describes them."""
 
-    train: object  # tf.data.Dataset of (float32 images 0-255, int labels), shuffled, batched
+    train: object  # stream.Stream of (float32 images 0-255, int labels), shuffled, batched
     val: object
     test: object  # in file order, not augmented
     class_names: list
@@ -161,10 +161,9 @@ def load_split_tree(root, image_size, batch_size, required=CHEST_XRAY_CLASSES,
         log.info("oversampled training data to %d images: %s each", len(train_labels),
                  int(np.sum(train_labels == 0)))
 
-    train = images.files_dataset(train_paths, train_labels, image_size)
     return SplitData(
-        train=images.pipeline(train, batch_size, shuffle=True, augment=augment, seed=seed,
-                              repeat_size=len(train_paths)),
+        train=images.train_stream(train_paths, train_labels, image_size, batch_size, seed,
+                                  augment),
         val=images.pipeline(images.files_dataset(val_paths, val_labels, image_size), batch_size),
         test=images.pipeline(images.files_dataset(test_paths, test_labels, image_size),
                              batch_size),

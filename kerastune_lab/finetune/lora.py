@@ -429,6 +429,10 @@ def read_adapter_metadata(path):
     if not os.path.isfile(path):
         raise KerastuneError(f"adapter {path!r} does not exist: expected a "
                              f"{ADAPTER_SUFFIX} file")
+    if not path.lower().endswith(".h5"):
+        # Adapters are read only from h5 (arrays, no code), never pickle.
+        raise KerastuneError(f"adapter {path!r}: expected an h5 file ({ADAPTER_SUFFIX} "
+                             "from save_adapter); other formats are not loaded")
     try:
         with h5py.File(path, "r") as f:
             metadata = json.loads(f.attrs["metadata"])
@@ -625,13 +629,15 @@ def save_merged_preset(adapter, output, preset=None, task_cls=None):
     """
     import keras_hub
 
+    from kerastune_lab.models import from_preset, resolve_preset
+
     task_cls = task_cls or keras_hub.models.CausalLM
     metadata = read_adapter_metadata(adapter)  # a bad file fails before loading
     preset = preset or metadata["base"]["preset"]
     if not preset:
         raise KerastuneError(f"adapter {os.fspath(adapter)!r} records no base preset: "
                              "expected preset=...")
-    task = task_cls.from_preset(preset)
+    task = from_preset(task_cls, resolve_preset(preset, task_cls))
     merge_adapter(task, adapter)
     with atomic_path(output) as tmp:
         task.save_to_preset(tmp)

@@ -249,29 +249,31 @@ def load_quantized(task_cls, preset, mode, dtype=None, **kwargs):
     import keras
     from keras_hub.src.utils.preset_utils import KerasPresetLoader, get_preset_loader
 
+    from kerastune_lab.models import from_preset
+
     if mode not in QUANTIZE_MODES:
         raise KerastuneError(f"quantize={mode!r}: expected one of "
                              f"{', '.join(QUANTIZE_MODES)}")
     if mode == "none":
-        return task_cls.from_preset(preset, dtype=dtype, **kwargs)
+        return from_preset(task_cls, preset, dtype=dtype, **kwargs)
     loader = get_preset_loader(preset)
     saved_dtype = loader.config.get("config", {}).get("dtype")
     if isinstance(saved_dtype, dict) and "Map" in saved_dtype.get("class_name", ""):
         # Saved quantized (e.g. llama2_7b_en_int8): loaded as saved, and an
         # error below if that is not `mode`.
         log.info("preset %s is saved quantized: loading it as saved", preset)
-        return quantize(task_cls.from_preset(preset, **kwargs), mode)
+        return quantize(from_preset(task_cls, preset, **kwargs), mode)
     if not isinstance(loader, KerasPresetLoader):
         log.info("preset %s is not a KerasHub-format preset: loading it in %s, then "
                  "quantizing to %s", preset, dtype or "the default dtype", mode)
-        return quantize(task_cls.from_preset(preset, dtype=dtype, **kwargs), mode)
+        return quantize(from_preset(task_cls, preset, dtype=dtype, **kwargs), mode)
     source = keras.dtype_policies.get(dtype or keras.config.dtype_policy()).name
     policy_map, layers = quantized_policy_map(
         loader.check_backbone_class(), loader.config["config"], mode, source)
     classes = {type(l) for l in layers}
     with warnings.catch_warnings(), _quantize_float_weights_on_load(classes, mode, source):
         warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
-        task = task_cls.from_preset(preset, dtype=policy_map, **kwargs)
+        task = from_preset(task_cls, preset, dtype=policy_map, **kwargs)
     got = quantization_mode(task)
     if got != mode:  # a layer Keras would quantize that this copy missed
         raise KerastuneError(f"quantize={mode}: loading {preset!r} quantized gave a "

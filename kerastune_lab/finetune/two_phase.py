@@ -8,6 +8,9 @@ inference mode in both phases (a frozen BatchNorm layer runs in inference
 mode in Keras 3): updating their statistics on a small dataset at a tiny
 learning rate destroys what the backbone learned. `train_batchnorm=True`
 unfreezes them in phase 2.
+
+With a `resume.Backup`, a run resumed in phase 2 skips phase 1 (the backup
+holds its result), and each phase starts where the backup left off.
 """
 
 import keras
@@ -36,12 +39,13 @@ def compile_classifier(model, learning_rate):
 
 def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
               learning_rate, callbacks=lambda phase: [], train_batchnorm=False,
-              **fit_kwargs):
+              backup=None, **fit_kwargs):
     """Runs both phases and returns {phase: keras History}.
 
     Args:
         model: a KerasHub task with a `backbone`.
-        train: a dataset for `model.fit`, or an `(x, y)` tuple of arrays.
+        train: a `data.stream.Stream` (resumable mid-epoch), a dataset for
+            `model.fit`, or an `(x, y)` tuple of arrays.
         val: validation data (dataset or `(x, y)`), or None.
         head_epochs: int. Phase 1 epochs (0 skips it).
         head_learning_rate: float. Phase 1 learning rate.
@@ -49,6 +53,8 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
         learning_rate: float. Phase 2 learning rate.
         callbacks: callable. `callbacks(phase)` returns that phase's callbacks.
         train_batchnorm: bool. Let BatchNorm statistics update in phase 2.
+        backup: a `resume.Backup` that `callbacks` returns too, or None: each
+            phase starts where it left off (mid-epoch needs a Stream).
         **fit_kwargs: passed to both `fit` calls (e.g. `class_weight`).
     """
     from kerastune_lab.training import fit_verbosity
@@ -58,15 +64,29 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
         fit_kwargs["y"] = train[1]
         train = train[0]
     histories = {}
-    if head_epochs:
+    if head_epochs and not (backup and backup.resumed_phase == FINETUNE):
         set_backbone_trainable(model, False)
         compile_classifier(model, head_learning_rate)
-        histories[HEAD] = model.fit(train, validation_data=val, epochs=head_epochs,
-                                    callbacks=callbacks(HEAD), **fit_kwargs)
+        histories[HEAD] = _fit(model, train, val, HEAD, 0, head_epochs, backup,
+                               callbacks(HEAD), fit_kwargs)
     if epochs:
         set_backbone_trainable(model, True, train_batchnorm)
         compile_classifier(model, learning_rate)  # recompile: trainable flags changed
-        histories[FINETUNE] = model.fit(train, validation_data=val, initial_epoch=head_epochs,
-                                        epochs=head_epochs + epochs,
-                                        callbacks=callbacks(FINETUNE), **fit_kwargs)
+        histories[FINETUNE] = _fit(model, train, val, FINETUNE, head_epochs,
+                                   head_epochs + epochs, backup, callbacks(FINETUNE),
+                                   fit_kwargs)
     return histories
+
+
+def _fit(model, train, val, phase, first_epoch, epochs, backup, callbacks, fit_kwargs):
+    """`model.fit` of one phase, from where `backup` left off in it."""
+    from kerastune_lab.data.stream import Stream
+
+    epoch, step = backup.start(phase, first_epoch) if backup else (first_epoch, 0)
+    if isinstance(train, Stream):
+        fit_kwargs = dict(fit_kwargs, steps_per_epoch=train.steps_per_epoch)
+        train = train.dataset(epoch, step)
+    elif step:
+        raise ValueError("resuming mid-epoch needs the training data as a data.stream.Stream")
+    return model.fit(train, validation_data=val, initial_epoch=epoch, epochs=epochs,
+                     callbacks=callbacks, **fit_kwargs)

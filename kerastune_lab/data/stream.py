@@ -1,0 +1,131 @@
+"""Training data as an endless stream whose epoch e depends only on (seed, e).
+
+    train = Stream(examples, num_examples=len(paths), batch_size=32, seed=1337,
+                   prepare=decode, augment=augment_layers)
+    model.fit(train.dataset(epoch, step), steps_per_epoch=train.steps_per_epoch,
+              initial_epoch=epoch, epochs=5)
+
+A tf.data `shuffle(reshuffle_each_iteration=True)` draws each epoch's order
+from a hidden state that advances every time the dataset is iterated, and
+Keras' random augmentation layers draw from a state that advances every
+batch (in whatever order parallel map calls run). Neither can be put back,
+so a run resumed from a backup would see other batches than the run it
+continues. Here epoch e is the examples shuffled with a seed made of
+(seed, e), batched, and each batch augmented with a seed made of
+(seed, e, batch index): `dataset(epoch, step)` starts at batch `step` of
+epoch `epoch` and yields exactly the batches an uninterrupted run sees
+from there. It is endless: give `fit` `steps_per_epoch`.
+"""
+
+import math
+
+# Seeds of epoch e and of batch i: (seed, e * EPOCH_STRIDE + i), for i < EPOCH_STRIDE.
+EPOCH_STRIDE = 1_000_003
+
+
+class Stream:
+    """An endless, resumable training pipeline (see the module docstring).
+
+    Args:
+        examples: tf.data.Dataset. One epoch of unbatched examples, in a
+            fixed order (file paths and labels, token ids...).
+        num_examples: int. How many `examples` holds.
+        batch_size: int.
+        seed: int. Shuffling and augmentation seed.
+        prepare: callable or None. `prepare(dataset)` maps the shuffled
+            examples to model inputs (decoding files), before batching.
+        augment: list of Keras random preprocessing layers, applied to each
+            batch's first element (images) with a seed of its own.
+        shuffle_buffer: int or None. Shuffle buffer; defaults to
+            `num_examples` (a full shuffle: keep `examples` small, e.g. paths).
+    """
+
+    def __init__(self, examples, num_examples, batch_size, seed=0, prepare=None, augment=(),
+                 shuffle_buffer=None):
+        self.examples = examples
+        self.num_examples = int(num_examples)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.prepare = prepare
+        self.augment = list(augment or ())
+        self.shuffle_buffer = shuffle_buffer or max(self.num_examples, 1)
+
+    def __repr__(self):
+        return (f"Stream({self.num_examples} examples, batch_size={self.batch_size}, "
+                f"{self.steps_per_epoch} steps an epoch, seed={self.seed})")
+
+    @property
+    def steps_per_epoch(self):
+        return max(1, math.ceil(self.num_examples / self.batch_size))
+
+    def __iter__(self):
+        """Iterates the batches of epoch 0, to look at the data."""
+        return iter(self.epoch(0))
+
+    def epoch(self, epoch):
+        """The batches of epoch `epoch` (a finite tf.data.Dataset)."""
+        return self.dataset(epoch).take(self.steps_per_epoch)
+
+    def dataset(self, epoch=0, step=0):
+        """The endless tf.data.Dataset of batches from batch `step` of epoch `epoch`."""
+        import tensorflow as tf
+
+        seed, steps = self.seed, self.steps_per_epoch
+
+        def one_epoch(e):
+            # The epoch's order depends on (seed, e) only, not on TensorFlow's
+            # global seed (with which a tensor seed fails when it is 0).
+            tf.compat.v1.get_default_graph().seed = None
+            ds = self.examples.shuffle(self.shuffle_buffer, seed=seed * EPOCH_STRIDE + e,
+                                       reshuffle_each_iteration=False)
+            if self.prepare is not None:
+                ds = self.prepare(ds)
+            # Exactly `steps` batches an epoch, even if `prepare` dropped an
+            # unreadable file, so that epochs never shift.
+            ds = ds.batch(self.batch_size).repeat().take(steps)
+            return ds.enumerate().map(lambda i, batch: (e, i, batch))
+
+        ds = tf.data.Dataset.counter(int(epoch)).flat_map(one_epoch).skip(int(step))
+        augment = self.augment
+
+        def finish(e, i, batch):
+            if not augment:
+                return batch
+            key = tf.stack([tf.cast(seed, tf.int64), e * EPOCH_STRIDE + i])
+            return (augment_with_seed(augment, batch[0], key),) + tuple(batch[1:])
+
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def augment_with_seed(layers, images, key):
+    """Applies Keras random preprocessing `layers` to `images` in a tf.data
+    map, drawing their random numbers from `key` (an int64 (2,) tensor)
+    instead of the layers' own advancing state: the same key gives the same
+    augmentation, on every backend."""
+    for index, layer in enumerate(layers):
+        generator = _key_seed(key, index)
+        # Keras' preprocessing layers ask `_get_seed_generator` for their
+        # generator; this one answers with seeds derived from `key`.
+        layer._get_seed_generator = lambda backend=None, g=generator: g
+        try:
+            images = layer(images, training=True)
+        finally:
+            del layer._get_seed_generator
+    return images
+
+
+def _key_seed(key, index):
+    """A SeedGenerator whose seeds are functions of the tensor `key`: no state."""
+    import tensorflow as tf
+    from keras.src.random.seed_generator import SeedGenerator
+
+    class KeySeed(SeedGenerator):
+        def __init__(self):  # no state variable
+            self.count = 0
+
+        def next(self, ordered=True):
+            self.count += 1
+            return tf.stack([key[0] + 7919 * index, key[1] * 64 + self.count])
+
+    return KeySeed()
