@@ -78,6 +78,44 @@ def perplexity(model, x, y, sample_weight, batch_size=8):
 
 # === Classification ===
 
+# Prompts for the chat recipes' before/after replies in report.md (in neither
+# shipped data file).
+REPORT_PROMPTS = [
+    "Do you think it will rain on my birthday?",
+    "How do I become a better cook?",
+    "What's your opinion on Mondays?",
+    "Can you help me choose a new phone?",
+    "Why is my cat staring at me?",
+    "Any tips for my first marathon?",
+]
+
+
+def chat_report(title, intro, config, metrics, prompts, before, after, note=""):
+    """A chat recipe's report.md: `intro` (lines), held-out perplexity and
+    padding before and after, the data figures, then each prompt's reply
+    before and after tuning."""
+    train = metrics["train"]
+    lines = [f"# {title}", "", *intro, "",
+             "| | before | after |",
+             "|---|---|---|",
+             f"| held-out perplexity | {metrics['heldout_perplexity_before']:.2f} | "
+             f"{metrics['heldout_perplexity_after']:.2f} |",
+             f"| padding fraction (train) | {train['padding_fraction_before_packing']:.3f} | "
+             f"{train['padding_fraction_after_packing']:.3f} |",
+             "",
+             f"Training: {train['examples']} examples in {train['windows']} windows of "
+             f"{config.sequence_length + 1} tokens ({train['truncated']} truncated, "
+             f"{train['dropped']} dropped).{' ' + note if note else ''}",
+             "",
+             f"## Replies ({config.sampler} sampler, temperature {config.temperature}, "
+             f"max_length {config.max_length})",
+             ""]
+    for prompt, old, new in zip(prompts, before, after):
+        old, new = (" ".join(text.split()) or "(empty)" for text in (old, new))
+        lines += [f"**{prompt}**", "", f"- before: {old}", f"- after: {new}", ""]
+    return "\n".join(lines)
+
+
 def _class_index(positive_class, class_names):
     if positive_class is None:
         return 1 if len(class_names) == 2 else None

@@ -8,7 +8,6 @@ an epoch done again, replaces the old one).
 """
 
 import os
-
 import sys
 import time
 import warnings

@@ -53,7 +53,7 @@ from kerastune_lab import testing
 from kerastune_lab.data import chat
 from kerastune_lab.distribute import make_distribution, remat_scope
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.evaluate import perplexity
+from kerastune_lab.evaluate import REPORT_PROMPTS, chat_report, perplexity
 from kerastune_lab.finetune import lora
 from kerastune_lab.finetune.quantize import load_quantized
 from kerastune_lab.generate import (
@@ -75,15 +75,6 @@ QUANTIZE = ("int8", "int4", "none")
 # lora_targets shorthands; anything else is a comma-separated list of layer
 # names or patterns ("query,value", "feedforward_*").
 TARGETS = {"attention": lora.ATTENTION_TARGETS, "all": lora.ALL_TARGETS}
-
-REPORT_PROMPTS = [
-    "Do you think it will rain on my birthday?",
-    "How do I become a better cook?",
-    "What's your opinion on Mondays?",
-    "Can you help me choose a new phone?",
-    "Why is my cat staring at me?",
-    "Any tips for my first marathon?",
-]
 
 
 @dataclasses.dataclass
@@ -287,10 +278,7 @@ def replies(generator, prompts, shards):
 
 def report(config, metrics, prompts, before, after):
     """report.md: adapter size, perplexity, data figures, replies before and after."""
-    train = metrics["train"]
-    lines = [
-        "# LoRA chat",
-        "",
+    intro = [
         f"Preset `{config.preset}`, {config.quantize} base, LoRA rank {config.lora_rank} "
         f"(alpha {config.lora_alpha}) on `{config.lora_targets}` "
         f"({metrics['lora_layers']} layers), {config.epochs} epoch(s) at learning rate "
@@ -299,23 +287,5 @@ def report(config, metrics, prompts, before, after):
         f"Adapter: {metrics['adapter_bytes']:,} bytes; {metrics['trainable_parameters']:,} "
         f"trainable of {metrics['total_parameters']:,} weights "
         f"({100 * metrics['trainable_ratio']:.4f}%).",
-        "",
-        "| | before | after |",
-        "|---|---|---|",
-        f"| held-out perplexity | {metrics['heldout_perplexity_before']:.2f} | "
-        f"{metrics['heldout_perplexity_after']:.2f} |",
-        f"| padding fraction (train) | {train['padding_fraction_before_packing']:.3f} | "
-        f"{train['padding_fraction_after_packing']:.3f} |",
-        "",
-        f"Training: {train['examples']} examples in {train['windows']} windows of "
-        f"{config.sequence_length + 1} tokens ({train['truncated']} truncated, "
-        f"{train['dropped']} dropped).",
-        "",
-        f"## Replies ({config.sampler} sampler, temperature {config.temperature}, "
-        f"max_length {config.max_length})",
-        "",
     ]
-    for prompt, old, new in zip(prompts, before, after):
-        old, new = (" ".join(text.split()) or "(empty)" for text in (old, new))
-        lines += [f"**{prompt}**", "", f"- before: {old}", f"- after: {new}", ""]
-    return "\n".join(lines)
+    return chat_report("LoRA chat", intro, config, metrics, prompts, before, after)

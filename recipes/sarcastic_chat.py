@@ -25,7 +25,7 @@ import os
 
 from kerastune_lab import testing
 from kerastune_lab.data import chat
-from kerastune_lab.evaluate import perplexity
+from kerastune_lab.evaluate import REPORT_PROMPTS, chat_report, perplexity
 from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
 from kerastune_lab.models import detached_preprocessor, load_task
 from kerastune_lab.resume import Backup
@@ -34,16 +34,6 @@ from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
 log = logging.getLogger("kerastune_lab")
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-
-# Prompts for the before/after generations in report.md (in neither data file).
-REPORT_PROMPTS = [
-    "Do you think it will rain on my birthday?",
-    "How do I become a better cook?",
-    "What's your opinion on Mondays?",
-    "Can you help me choose a new phone?",
-    "Why is my cat staring at me?",
-    "Any tips for my first marathon?",
-]
 
 
 @dataclasses.dataclass
@@ -163,30 +153,8 @@ def main(config, run):
 
 def report(config, metrics, prompts, before, after):
     """report.md: perplexity, data figures, and replies before and after."""
-    train = metrics["train"]
-    lines = [
-        "# Sarcastic chat",
-        "",
-        f"Preset `{config.preset}`, loss on `{config.loss_on}` tokens, "
-        f"{config.epochs} epoch(s) at learning rate {config.learning_rate}.",
-        "",
-        "| | before | after |",
-        "|---|---|---|",
-        f"| held-out perplexity | {metrics['heldout_perplexity_before']:.2f} | "
-        f"{metrics['heldout_perplexity_after']:.2f} |",
-        f"| padding fraction (train) | {train['padding_fraction_before_packing']:.3f} | "
-        f"{train['padding_fraction_after_packing']:.3f} |",
-        "",
-        f"Training: {train['examples']} examples in {train['windows']} windows of "
-        f"{config.sequence_length + 1} tokens ({train['truncated']} truncated, "
-        f"{train['dropped']} dropped). Packed examples share a causal mask: a later "
-        "example in a window can attend to the earlier ones.",
-        "",
-        f"## Replies ({config.sampler} sampler, temperature {config.temperature}, "
-        f"max_length {config.max_length})",
-        "",
-    ]
-    for prompt, old, new in zip(prompts, before, after):
-        old, new = (" ".join(text.split()) or "(empty)" for text in (old, new))
-        lines += [f"**{prompt}**", "", f"- before: {old}", f"- after: {new}", ""]
-    return "\n".join(lines)
+    intro = [f"Preset `{config.preset}`, loss on `{config.loss_on}` tokens, "
+             f"{config.epochs} epoch(s) at learning rate {config.learning_rate}."]
+    return chat_report("Sarcastic chat", intro, config, metrics, prompts, before, after,
+                       note="Packed examples share a causal mask: a later example in a "
+                            "window can attend to the earlier ones.")

@@ -314,9 +314,9 @@ def test_preset_folder_with_only_unsafe_weights_is_refused(resnet_preset, tmp_pa
 
 
 def test_hugging_face_folder_with_only_pytorch_model_bin_is_refused(tmp_path):
-    from kerastune_lab.models import resolve_preset
-
     import keras_hub
+
+    from kerastune_lab.models import resolve_preset
 
     folder = tmp_path / "hf"
     folder.mkdir()
@@ -392,9 +392,9 @@ def test_safe_loading_undoes_enable_unsafe_deserialization():
 
 
 def test_a_tiny_preset_still_loads(resnet_preset):
-    from kerastune_lab.models import load_image_classifier
-
     import numpy as np
+
+    from kerastune_lab.models import load_image_classifier
 
     model = load_image_classifier(resnet_preset, num_classes=3)
     assert model.predict(np.zeros((1, 32, 32, 3)), verbose=0).shape == (1, 3)

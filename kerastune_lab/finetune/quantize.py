@@ -142,8 +142,6 @@ def _is_quantizable(layer):
 def _quantize_float_weights_on_load(classes, mode, source):
     """Inside, quantized layers of `classes` that are handed float weights by
     `load_own_variables` quantize them on the way in (see the module docstring)."""
-    import keras
-
     keras_mode, config = _keras_mode(mode), _config(mode)
     saved = {}
 
