@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from kerastune_lab.data import tfds_builder
 from kerastune_lab.data.stream import Stream
 from kerastune_lab.errors import KerastuneError
 
@@ -246,14 +247,7 @@ def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), d
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-        from kerastune_lab.config import closest
-
-        raise KerastuneError(
-            f"unknown TFDS dataset {name!r}{closest(name, tfds.list_builders())}"
-        ) from None
+    builder = tfds_builder(name, data_dir)
     info = builder.info
     if "label" not in info.features or not hasattr(info.features["label"], "names"):
         raise KerastuneError(f"TFDS dataset {name!r} has no class 'label' feature")

@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from kerastune_lab.data import tfds_builder
 from kerastune_lab.errors import KerastuneError
 
 log = logging.getLogger("kerastune_lab")
@@ -190,14 +191,7 @@ def read_tfds(name, split, data_dir=None):
     """
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-        from kerastune_lab.config import closest
-
-        raise KerastuneError(
-            f"unknown TFDS dataset {name!r}{closest(name, tfds.list_builders())}"
-        ) from None
+    builder = tfds_builder(name, data_dir)
     features = builder.info.features
     label = features["label"] if "label" in features else None
     if not hasattr(label, "names"):
