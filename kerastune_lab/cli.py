@@ -23,6 +23,7 @@ import click
 
 from kerastune_lab import backend as backend_lib
 from kerastune_lab.errors import (
+    DownloadFailed,
     Interrupted,
     KerastuneError,
     RunStopped,
@@ -317,6 +318,9 @@ def main(argv=None):
     except click.ClickException as e:
         e.show()
         sys.exit(2)
+    except DownloadFailed as e:
+        click.echo(f"kerastune: error: {e}", err=True)
+        sys.exit(e.exit_code)
     except RunStopped as e:  # interrupted, or a loss not finite: the run and its backup stay
         prefix = "kerastune: " if isinstance(e, Interrupted) else "kerastune: error: "
         click.echo(prefix + str(e), err=True)

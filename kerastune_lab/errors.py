@@ -127,6 +127,15 @@ def resource_error_message(exc, command=None, config_keys=()):
     return None
 
 
+class DownloadFailed(Exception):
+    """A preset or dataset could not be downloaded (no network, refused,
+    not found, server error, cut off): one line that names it, says what
+    failed and what to do; exit code 1 from the CLI (the input may be right,
+    the download is what failed). Raised by `kerastune_lab.hub`."""
+
+    exit_code = 1
+
+
 class RunStopped(Exception):
     """Training stopped before its end, its run directory and backup kept
     (`resume.Backup`): the CLI prints one line and exits with `exit_code`."""
