@@ -4,6 +4,15 @@ A recipe declares its config as a dataclass whose defaults are typed and
 commented (nanoGPT style). Overrides from the command line are Python literals
 checked against the field's type; strings may be written bare
 (`data=~/pets`). An unknown key is an error that names the closest key.
+
+A key's valid range is declared once, beside its default, with `setting`:
+
+    epochs: int = setting(3, ge=1)  # passes over the training set
+    val_split: float = setting(0.2, gt=0, lt=1)  # fraction held out
+    loss_on: str = setting("assistant", choices=("assistant", "all"))
+
+and every value is checked against it after the overrides apply
+(`validate`), before anything runs: `epochs=-1` is a one-line error.
 """
 
 import ast
@@ -16,6 +25,67 @@ from kerastune_lab.errors import KerastuneError
 
 _TRUE = {"true", "yes", "on"}
 _FALSE = {"false", "no", "off"}
+
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def setting(default, *, ge=None, gt=None, le=None, lt=None, choices=None):
+    """A config default with its valid range, for a recipe's `Config`.
+
+    Args:
+        default: the default value (checked too).
+        ge, gt, le, lt: numbers or None. The value must be >=, >, <=, < them.
+        choices: sequence or None. A string value must be one of them (a
+            field that also takes a dict or list checks only its strings).
+
+    Example:
+    ```python
+    @dataclasses.dataclass
+    class Config:
+        batch_size: int = setting(32, ge=1)  # images a step
+    ```
+    """
+    bounds = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+    metadata = {"bounds": bounds, "choices": tuple(choices) if choices is not None else None}
+    if isinstance(default, (dict, list)):
+        import copy
+
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default),
+                                 metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def expected_range(field):
+    """The declared range of a dataclass field, in words ("" when none)."""
+    bounds = field.metadata.get("bounds") or {}
+    choices = field.metadata.get("choices")
+    words = [f"{_BOUNDS[k]} {v}" for k, v in bounds.items()]
+    if choices is not None:
+        words.append("one of " + ", ".join(repr(c) for c in choices))
+    return " and ".join(words)
+
+
+def check_range(key, value, field):
+    """Raises a one-line `KerastuneError` when `value` is outside `field`'s
+    declared range (see `setting`)."""
+    bounds = field.metadata.get("bounds") or {}
+    choices = field.metadata.get("choices")
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = True
+    if numeric:
+        ok = all({"ge": value >= v, "gt": value > v, "le": value <= v, "lt": value < v}[k]
+                 for k, v in bounds.items())
+    if isinstance(value, str) and choices is not None:
+        ok = value in choices
+    if not ok:
+        raise KerastuneError(f"{key}={value!r}: expected {expected_range(field)}")
+
+
+def validate(config):
+    """Checks every value of a config dataclass against its declared range."""
+    for field in dataclasses.fields(config):
+        check_range(field.name, getattr(config, field.name), field)
 
 
 def config_fields(config):
@@ -129,7 +199,9 @@ def apply_overrides(config, overrides):
             )
         text = value if isinstance(value, str) else repr(value)
         changes[key] = coerce(key, text, fields[key])
-    return dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **changes)
+    validate(config)
+    return config
 
 
 def to_dict(config):

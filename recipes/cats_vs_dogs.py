@@ -19,9 +19,10 @@ import dataclasses
 import logging
 
 from kerastune_lab import testing
+from kerastune_lab.config import setting
 from kerastune_lab.data import images
 from kerastune_lab.finetune import two_phase
-from kerastune_lab.models import load_image_classifier
+from kerastune_lab.models import load_image_classifier, resolve_preset
 from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, callbacks
 
@@ -32,19 +33,19 @@ log = logging.getLogger("kerastune_lab")
 class Config:
     preset: str = "resnet_50_imagenet"  # KerasHub preset name, kaggle:// or hf:// handle, or a preset folder
     data: str = "tfds:cats_vs_dogs"  # "tfds:NAME", or a folder with one subfolder per class
-    image_size: int = 224  # pixels, square; the size the backbone was trained at
-    batch_size: int = 32
-    val_split: float = 0.2  # fraction of each class held out for validation
-    head_epochs: int = 2  # phase 1: new head only, backbone frozen
-    head_learning_rate: float = 1e-3  # phase 1 Adam learning rate
-    epochs: int = 3  # phase 2: everything unfrozen
-    learning_rate: float = 1e-5  # phase 2 Adam learning rate: very low, to keep what the backbone knows
+    image_size: int = setting(224, ge=32)  # pixels, square; the size the backbone was trained at
+    batch_size: int = setting(32, ge=1)
+    val_split: float = setting(0.2, gt=0, lt=1)  # fraction of each class held out for validation
+    head_epochs: int = setting(2, ge=0)  # phase 1: new head only, backbone frozen
+    head_learning_rate: float = setting(1e-3, gt=0)  # phase 1 Adam learning rate
+    epochs: int = setting(3, ge=0)  # phase 2: everything unfrozen
+    learning_rate: float = setting(1e-5, gt=0)  # phase 2 Adam learning rate: very low, to keep what the backbone knows
     train_batchnorm: bool = False  # let BatchNorm statistics update in phase 2 (usually worse)
-    flip: str = "horizontal"  # augmentation: "horizontal", "vertical", "horizontal_and_vertical" or ""
-    rotation: float = 0.1  # augmentation: largest rotation, fraction of a full turn
-    zoom: float = 0.1  # augmentation: largest zoom, fraction of the image size
-    save_every_steps: int = 0  # back up every N steps as well as at epoch ends (0: epoch ends only)
-    seed: int = 1337
+    flip: str = setting("horizontal", choices=("horizontal", "vertical", "horizontal_and_vertical", ""))  # augmentation: the flip axes; "" for none
+    rotation: float = setting(0.1, ge=0, le=1)  # augmentation: largest rotation, fraction of a full turn
+    zoom: float = setting(0.1, ge=0, lt=1)  # augmentation: largest zoom, fraction of the image size
+    save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
+    seed: int = setting(1337, ge=0)
 
 
 def smoke():
@@ -64,6 +65,12 @@ def smoke():
 
 
 def main(config, run):
+    import keras_hub
+
+    # Preset first: an unknown name, a gated model or no network fails here,
+    # before any dataset download.
+    preset = resolve_preset(config.preset, keras_hub.models.ImageClassifier)
+
     # Data: decoded, resized, augmented (training split only), prefetched; the
     # training batches are a function of (seed, epoch), so a resumed run sees
     # the same ones.
@@ -76,7 +83,7 @@ def main(config, run):
     run.write_json("labels.json", data.class_names)
 
     # Model: the preset's backbone with a new head for our classes.
-    model = load_image_classifier(config.preset, num_classes=len(data.class_names))
+    model = load_image_classifier(preset, num_classes=len(data.class_names))
 
     # Training: two phases, switched with `trainable` flags, backed up as
     # they go (an interrupted run resumes from the backup).

@@ -26,11 +26,12 @@ import keras
 
 from kerastune_lab import testing
 from kerastune_lab.classifier import TextClassifierPipeline
+from kerastune_lab.config import setting
 from kerastune_lab.data import text
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.finetune.two_phase import compile_classifier
-from kerastune_lab.models import load_task
+from kerastune_lab.models import load_task, resolve_preset
 from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
 
@@ -48,16 +49,16 @@ class Config:
     label_names: dict = dataclasses.field(default_factory=lambda: {  # names the classifier answers with
         "neg": "NEGATIVE", "pos": "POSITIVE",  # TFDS imdb_reviews' labels
         "negative": "NEGATIVE", "positive": "POSITIVE"})  # Kaggle "IMDB Dataset.csv"; other labels keep their names
-    test_split: float = 0.2  # fraction of each class of data held out for testing, without test_data
-    val_split: float = 0.1  # fraction of each class of the training texts for validation; 0 for none
-    sequence_length: int = 256  # tokens a review, with [CLS]/[SEP]; longer reviews are cut
-    batch_size: int = 16
-    epochs: int = 2
-    learning_rate: float = 3e-5  # Adam; low, to keep what the encoder knows
+    test_split: float = setting(0.2, gt=0, lt=1)  # fraction of each class of data held out for testing, without test_data
+    val_split: float = setting(0.1, ge=0, lt=1)  # fraction of each class of the training texts for validation; 0 for none
+    sequence_length: int = setting(256, ge=8)  # tokens a review, with [CLS]/[SEP]; longer reviews are cut
+    batch_size: int = setting(16, ge=1)
+    epochs: int = setting(2, ge=1)
+    learning_rate: float = setting(3e-5, gt=0)  # Adam; low, to keep what the encoder knows
     mixed_precision: bool = False  # GPU: compute in 16 bits, keep weights in float32
-    mixed_precision_dtype: str = "bfloat16"  # "bfloat16" (Ampere and later, TPU) or "float16" (older GPUs)
-    save_every_steps: int = 0  # back up every N steps as well as at epoch ends (0: epoch ends only)
-    seed: int = 1337
+    mixed_precision_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"))  # bfloat16: Ampere and later, TPU; float16: older GPUs
+    save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
+    seed: int = setting(1337, ge=0)
 
 
 def smoke():
@@ -92,6 +93,12 @@ def main(config, run):
 
 
 def _main(config, run):
+    import keras_hub
+
+    # Preset first: an unknown name, a gated model or no network fails here,
+    # before any dataset download.
+    preset = resolve_preset(config.preset, keras_hub.models.TextClassifier)
+
     # Data: labelled texts, split into train / validation / test.
     data = text.load_text_data(
         config.data, config.test_data, config.text_column, config.label_column,
@@ -102,11 +109,9 @@ def _main(config, run):
     run.write_json("labels.json", class_names)
 
     # Model: the preset's encoder and tokenizer, a new head for our classes.
-    import keras_hub
-
-    preprocessor = load_task(keras_hub.models.TextClassifierPreprocessor, config.preset,
+    preprocessor = load_task(keras_hub.models.TextClassifierPreprocessor, preset,
                              sequence_length=config.sequence_length)
-    model = load_task(keras_hub.models.TextClassifier, config.preset,
+    model = load_task(keras_hub.models.TextClassifier, preset,
                       num_classes=len(class_names), preprocessor=preprocessor,
                       load_weights=config.load_weights)
     longest = getattr(model.backbone, "max_sequence_length", None)

@@ -50,6 +50,7 @@ import logging
 import os
 
 from kerastune_lab import testing
+from kerastune_lab.config import setting
 from kerastune_lab.data import chat
 from kerastune_lab.distribute import make_distribution, remat_scope
 from kerastune_lab.errors import KerastuneError
@@ -83,29 +84,29 @@ class Config:
     data: str = os.path.join(DATA_DIR, "sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
     heldout_data: str = os.path.join(DATA_DIR, "sarcastic_chat_heldout.jsonl")  # never trained on
     template: str = chat.EOS_TEMPLATE  # {prompt} then {response}; {eos} = the tokenizer's end token
-    loss_on: str = "assistant"  # "assistant": loss on the replies only; "all": every token
-    sequence_length: int = 256  # tokens a training window
+    loss_on: str = setting("assistant", choices=("assistant", "all"))  # assistant: loss on the replies only; all: every token
+    sequence_length: int = setting(256, ge=16)  # tokens a training window
     pack: bool = True  # several short examples a window
-    overlong: str = "truncate"  # an example longer than a window: "truncate", "drop" or "error"
-    max_examples: int = 0  # train on the first N conversations only; 0 for all
-    quantize: str = "int8"  # the frozen base: "int8" (weight-only), "int4" or "none"
-    dtype: str = "bfloat16"  # float dtype of the base (weights read in it, unquantized layers kept in it)
-    lora_rank: int = 8  # r of A: (d_in, r), B: (r, d_out)
-    lora_alpha: float = 16.0  # the update is scaled by alpha / rank (peft's usual 2 x rank)
+    overlong: str = setting("truncate", choices=("truncate", "drop", "error"))  # what to do with an example longer than a window
+    max_examples: int = setting(0, ge=0)  # train on the first N conversations only; 0 for all
+    quantize: str = setting("int8", choices=QUANTIZE)  # the frozen base: int8 is weight-only
+    dtype: str = setting("bfloat16", choices=("bfloat16", "float16", "float32"))  # float dtype of the base (weights read in it, unquantized layers kept in it)
+    lora_rank: int = setting(8, ge=1)  # r of A: (d_in, r), B: (r, d_out)
+    lora_alpha: float = setting(16.0, gt=0)  # the update is scaled by alpha / rank (peft's usual 2 x rank)
     lora_targets: str = "query,value"  # comma-separated layer names/patterns, "attention" or "all" (every projection)
-    distribute: str = "none"  # "none", "data" (all devices) or "model" (backbone layout map); JAX only
-    model_parallel: int = 0  # distribute=model: devices on the model axis; 0 for all
-    remat: str = "none"  # "activations": recompute feedforward activations (long sequences)
-    batch_size: int = 4  # windows a step (on all devices together)
-    epochs: int = 1
-    learning_rate: float = 2e-4  # AdamW on the LoRA factors only
-    weight_decay: float = 0.0  # AdamW
-    sampler: str = "greedy"  # report generations: "greedy", "top_k", "top_p" or "beam"
-    temperature: float = 1.0  # report generations
-    max_length: int = 128  # report generations: most tokens of prompt plus reply
-    report_prompts: int = 6  # how many of REPORT_PROMPTS to answer before and after
-    save_every_steps: int = 0  # back up (adapter + optimizer) every N steps as well as at epoch ends; 0: epoch ends only
-    seed: int = 1337
+    distribute: str = setting("none", choices=("none", "data", "model"))  # data: all devices; model: the backbone layout map; JAX only
+    model_parallel: int = setting(0, ge=0)  # distribute=model: devices on the model axis; 0: the most on which every weight splits evenly
+    remat: str = setting("none", choices=("none", "activations"))  # activations: recompute feedforward activations (long sequences)
+    batch_size: int = setting(4, ge=1)  # windows a step (on all devices together)
+    epochs: int = setting(1, ge=1)
+    learning_rate: float = setting(2e-4, gt=0)  # AdamW on the LoRA factors only
+    weight_decay: float = setting(0.0, ge=0)  # AdamW
+    sampler: str = setting("greedy", choices=("greedy", "top_k", "top_p", "beam"))  # report generations: the KerasHub sampler
+    temperature: float = setting(1.0, gt=0)  # report generations
+    max_length: int = setting(128, ge=16)  # report generations: most tokens of prompt plus reply
+    report_prompts: int = setting(6, ge=0)  # how many of REPORT_PROMPTS to answer before and after
+    save_every_steps: int = setting(0, ge=0)  # back up (adapter + optimizer) every N steps as well as at epoch ends; 0: epoch ends only
+    seed: int = setting(1337, ge=0)
 
 
 def smoke():
@@ -151,10 +152,10 @@ def main(config, run):
 
     # Devices: the distribution is set before the model is built, so each
     # weight is created where it belongs.
-    backbone_cls = (get_preset_loader(preset).check_backbone_class()
-                    if config.distribute == "model" else None)
-    distribution = make_distribution(config.distribute, backbone_cls,
-                                     config.model_parallel or None)
+    loader = get_preset_loader(preset) if config.distribute == "model" else None
+    distribution = make_distribution(
+        config.distribute, loader and loader.check_backbone_class(),
+        config.model_parallel or None, loader and loader.config["config"])
     shards = batch_shards(distribution)
     if config.batch_size % shards:
         raise KerastuneError(f"batch_size={config.batch_size}: expected a multiple of the "

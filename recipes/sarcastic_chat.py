@@ -24,6 +24,7 @@ import logging
 import os
 
 from kerastune_lab import testing
+from kerastune_lab.config import setting
 from kerastune_lab.data import chat
 from kerastune_lab.evaluate import REPORT_PROMPTS, chat_report, perplexity
 from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
@@ -42,21 +43,21 @@ class Config:
     data: str = os.path.join(DATA_DIR, "sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
     heldout_data: str = os.path.join(DATA_DIR, "sarcastic_chat_heldout.jsonl")  # same format, never trained on
     template: str = chat.DEFAULT_TEMPLATE  # holds {prompt} then {response}; {eos} = the tokenizer's end token
-    loss_on: str = "assistant"  # "assistant": loss on the replies only; "all": on every token
-    sequence_length: int = 128  # tokens a training window (the model sees windows of this length)
+    loss_on: str = setting("assistant", choices=("assistant", "all"))  # assistant: loss on the replies only; all: on every token
+    sequence_length: int = setting(128, ge=16)  # tokens a training window (the model sees windows of this length)
     pack: bool = True  # several short examples a window, to waste less compute on padding
-    overlong: str = "truncate"  # an example longer than a window: "truncate", "drop" or "error"
-    max_examples: int = 0  # train on the first N conversations only; 0 for all
-    batch_size: int = 8  # windows a step
-    epochs: int = 3
-    learning_rate: float = 5e-5  # AdamW; low, to keep what the preset knows
-    weight_decay: float = 0.01  # AdamW
-    sampler: str = "greedy"  # report generations: "greedy", "top_k", "top_p" or "beam"
-    temperature: float = 1.0  # report generations
-    max_length: int = 96  # report generations: most tokens of prompt plus reply
-    report_prompts: int = 6  # how many of REPORT_PROMPTS to answer before and after
-    save_every_steps: int = 0  # back up every N steps as well as at epoch ends (0: epoch ends only)
-    seed: int = 1337
+    overlong: str = setting("truncate", choices=("truncate", "drop", "error"))  # what to do with an example longer than a window
+    max_examples: int = setting(0, ge=0)  # train on the first N conversations only; 0 for all
+    batch_size: int = setting(8, ge=1)  # windows a step
+    epochs: int = setting(3, ge=1)
+    learning_rate: float = setting(5e-5, gt=0)  # AdamW; low, to keep what the preset knows
+    weight_decay: float = setting(0.01, ge=0)  # AdamW
+    sampler: str = setting("greedy", choices=("greedy", "top_k", "top_p", "beam"))  # report generations: the KerasHub sampler
+    temperature: float = setting(1.0, gt=0)  # report generations
+    max_length: int = setting(96, ge=16)  # report generations: most tokens of prompt plus reply
+    report_prompts: int = setting(6, ge=0)  # how many of REPORT_PROMPTS to answer before and after
+    save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
+    seed: int = setting(1337, ge=0)
 
 
 def smoke():

@@ -33,11 +33,12 @@ import logging
 import os
 
 from kerastune_lab import testing
+from kerastune_lab.config import setting
 from kerastune_lab.data import images, xray
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.finetune import class_weights, two_phase
-from kerastune_lab.models import load_image_classifier
+from kerastune_lab.models import load_image_classifier, resolve_preset
 from kerastune_lab.predict import predict_dataset
 from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, callbacks
@@ -49,25 +50,25 @@ log = logging.getLogger("kerastune_lab")
 class Config:
     preset: str = "resnet_50_imagenet"  # KerasHub preset name, kaggle:// or hf:// handle, or a preset folder
     data: str = "chest_xray"  # folder with {train,val,test}/{NORMAL,PNEUMONIA}/ (Kaggle layout)
-    image_size: int = 224  # pixels, square; the size the backbone was trained at
-    batch_size: int = 32
-    min_val_images: int = 100  # a val/ with fewer images is not used; a val_split of train is carved instead
-    val_split: float = 0.1  # fraction of each class of train/ carved out for validation, when needed
-    class_weight: str | dict = "balanced"  # "balanced" (from label counts), "none", or {"NORMAL": 3.0, "PNEUMONIA": 1.0}
+    image_size: int = setting(224, ge=32)  # pixels, square; the size the backbone was trained at
+    batch_size: int = setting(32, ge=1)
+    min_val_images: int = setting(100, ge=0)  # a val/ with fewer images is not used; a val_split of train is carved instead
+    val_split: float = setting(0.1, gt=0, lt=1)  # fraction of each class of train/ carved out for validation, when needed
+    class_weight: str | dict = setting("balanced", choices=("balanced", "none"))  # "balanced" (from label counts), "none", or {"NORMAL": 3.0, "PNEUMONIA": 1.0}
     oversample: bool = False  # repeat rare-class training images until classes are even ("balanced" weights then ~1)
-    head_epochs: int = 2  # phase 1: new head only, backbone frozen
-    head_learning_rate: float = 1e-3  # phase 1 Adam learning rate
-    epochs: int = 3  # phase 2: everything unfrozen
-    learning_rate: float = 1e-5  # phase 2 Adam learning rate: very low, to keep what the backbone knows
+    head_epochs: int = setting(2, ge=0)  # phase 1: new head only, backbone frozen
+    head_learning_rate: float = setting(1e-3, gt=0)  # phase 1 Adam learning rate
+    epochs: int = setting(3, ge=0)  # phase 2: everything unfrozen
+    learning_rate: float = setting(1e-5, gt=0)  # phase 2 Adam learning rate: very low, to keep what the backbone knows
     train_batchnorm: bool = False  # let BatchNorm statistics update in phase 2 (usually worse)
-    flip: str = ""  # augmentation: "" (none: anatomy is not symmetric), "horizontal", "vertical"
-    rotation: float = 0.03  # augmentation: largest rotation, fraction of a full turn (0.03 = ~11 degrees)
-    zoom: float = 0.1  # augmentation: largest zoom, fraction of the image size
-    contrast: float = 0.1  # augmentation: largest contrast change, fraction (exposure varies between films)
+    flip: str = setting("", choices=("horizontal", "vertical", "horizontal_and_vertical", ""))  # augmentation: "" (none: anatomy is not symmetric), "horizontal", "vertical"
+    rotation: float = setting(0.03, ge=0, le=1)  # augmentation: largest rotation, fraction of a full turn (0.03 = ~11 degrees)
+    zoom: float = setting(0.1, ge=0, lt=1)  # augmentation: largest zoom, fraction of the image size
+    contrast: float = setting(0.1, ge=0, le=1)  # augmentation: largest contrast change, fraction (exposure varies between films)
     positive_class: str = "PNEUMONIA"  # the class of the ROC/PR curves and of the threshold
-    target_recall: float = 0.95  # recall of positive_class to choose a decision threshold for
-    save_every_steps: int = 0  # back up every N steps as well as at epoch ends (0: epoch ends only)
-    seed: int = 1337
+    target_recall: float = setting(0.95, gt=0, le=1)  # recall of positive_class to choose a decision threshold for
+    save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
+    seed: int = setting(1337, ge=0)
 
 
 def smoke():
@@ -90,6 +91,12 @@ def smoke():
 
 
 def main(config, run):
+    import keras_hub
+
+    # Preset first: an unknown name, a gated model or no network fails here,
+    # before the images are read.
+    preset = resolve_preset(config.preset, keras_hub.models.ImageClassifier)
+
     # Data: train/val/test decoded to 3 channels, resized, augmented (train only).
     augment = images.augmentation_layers(config.flip or None, config.rotation, config.zoom,
                                          config.contrast, seed=config.seed)
@@ -112,7 +119,7 @@ def main(config, run):
                     oversampled_train=data.num_train if config.oversample else None)
 
     # Model: the preset's backbone with a new head for our classes.
-    model = load_image_classifier(config.preset, num_classes=len(data.class_names))
+    model = load_image_classifier(preset, num_classes=len(data.class_names))
 
     # Training: two phases, switched with `trainable` flags, the loss
     # class-weighted, backed up as they go (the same command resumes).

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from kerastune_lab.config import apply_overrides, coerce
+from kerastune_lab.config import apply_overrides, coerce, expected_range, setting, validate
 from kerastune_lab.errors import KerastuneError
 
 
@@ -53,3 +53,66 @@ def test_bad_overrides(item, fragment):
 def test_bool_literals():
     assert coerce("x", "True", bool) is True
     assert coerce("x", "no", bool) is False
+
+
+# --- Declared ranges (config.setting) ---
+
+@dataclasses.dataclass
+class Ranged:
+    epochs: int = setting(3, ge=1)
+    val_split: float = setting(0.2, gt=0, lt=1)
+    loss_on: str = setting("assistant", choices=("assistant", "all"))
+    class_weight: str | dict = setting("balanced", choices=("balanced", "none"))
+    names: dict = setting({"a": 1})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=-1", "epochs=-1: expected >= 1"),
+    ("epochs=0", "epochs=0: expected >= 1"),
+    ("val_split=0", "val_split=0.0: expected > 0 and < 1"),
+    ("val_split=1.5", "val_split=1.5: expected > 0 and < 1"),
+    ("loss_on=everything", "loss_on='everything': expected one of 'assistant', 'all'"),
+    ("class_weight=heavy", "class_weight='heavy': expected one of 'balanced', 'none'"),
+])
+def test_out_of_range_override_is_refused(override, message):
+    with pytest.raises(KerastuneError) as e:
+        apply_overrides(Ranged(), [override])
+    assert str(e.value) == message
+
+
+def test_in_range_overrides_and_non_string_values_pass():
+    cfg = apply_overrides(Ranged(), ["epochs=1", "val_split=0.5", "loss_on=all",
+                                     "class_weight={0: 1.0, 1: 3.0}"])
+    assert (cfg.epochs, cfg.val_split, cfg.loss_on) == (1, 0.5, "all")
+    assert cfg.class_weight == {0: 1.0, 1: 3.0}  # choices check strings only
+    # A mutable default is a fresh copy in each config.
+    assert Ranged().names is not Ranged().names and Ranged().names == {"a": 1}
+
+
+RECIPES = ("cats_vs_dogs", "xray_pneumonia", "imdb_sentiment", "sarcastic_chat", "lora_chat")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_declares_ranges_and_its_defaults_and_smoke_fit(name):
+    from kerastune_lab.recipe import load_recipe, resolve_config
+    from tests.conftest import recipe_path
+
+    module = load_recipe(recipe_path(name))
+    fields = {f.name: f for f in dataclasses.fields(module.Config)}
+    for key in ("batch_size", "epochs", "learning_rate", "seed", "save_every_steps"):
+        assert expected_range(fields[key]), (name, key)
+    validate(module.Config())
+    resolve_config(module, smoke=True)  # --smoke's values are checked the same way
+    with pytest.raises(KerastuneError, match="batch_size=0: expected >= 1"):
+        resolve_config(module, overrides=["batch_size=0"])
+
+
+def test_cli_refuses_an_out_of_range_key_before_the_run_starts(cli, tmp_path):
+    from tests.conftest import assert_one_line_error, recipe_path
+
+    out = tmp_path / "run"
+    for override, fragment in [("epochs=-1", "epochs=-1: expected >= 1"),
+                               ("sequence_length=0", "sequence_length=0: expected >= 16")]:
+        result = cli("run", recipe_path("sarcastic_chat"), "--output-dir", out, override)
+        assert_one_line_error(result, fragment)
+        assert not out.exists()  # nothing was written, nothing downloaded
