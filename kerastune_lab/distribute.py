@@ -32,7 +32,50 @@ MODES = ("none", "data", "model")
 REMAT_MODES = ("none", "activations")
 
 
-def make_distribution(mode, backbone_cls=None, model_parallel=None):
+def _mesh(num_devices, model_parallel, devices=None):
+    import keras
+
+    devices = devices or [f"device:{i}" for i in range(num_devices)]
+    return keras.distribution.DeviceMesh(
+        shape=(num_devices // model_parallel, model_parallel), axis_names=("batch", "model"),
+        devices=devices)
+
+
+def uneven_weight(backbone_cls, backbone_config, num_devices, model_parallel):
+    """The first weight that the backbone's layout map cannot split evenly on a
+    (num_devices / model_parallel, model_parallel) mesh, as "path shape over
+    axes", or None when every weight splits.
+
+    The backbone is built from its config without allocating its weights
+    (`abstract_weights`), so this is cheap for a 7B preset too. JAX refuses an
+    uneven split (`IndivisibleError`) once the model is being built; this says
+    so before.
+    """
+    from kerastune_lab.finetune.lora import abstract_weights
+
+    mesh = _mesh(num_devices, model_parallel)
+    sizes = dict(zip(mesh.axis_names, mesh.shape))
+    layout_map = backbone_cls.get_layout_map(mesh)
+    config = {k: v for k, v in backbone_config.items() if k not in ("name", "trainable")}
+    with abstract_weights():
+        weights = [(w.path, tuple(w.shape)) for w in backbone_cls(**config).weights]
+    for path, shape in weights:
+        layout = layout_map[path]
+        for dim, axis in zip(shape, layout.axes if layout is not None else ()):
+            if axis is not None and dim % sizes[axis]:
+                return f"{path} {shape} over axes {layout.axes}, {axis} axis of {sizes[axis]}"
+    return None
+
+
+def model_parallel_sizes(backbone_cls, backbone_config, num_devices):
+    """The model-axis sizes (2 or more, dividing `num_devices`) on which every
+    weight of the backbone splits evenly, smallest first."""
+    return [m for m in range(2, num_devices + 1)
+            if num_devices % m == 0
+            and uneven_weight(backbone_cls, backbone_config, num_devices, m) is None]
+
+
+def make_distribution(mode, backbone_cls=None, model_parallel=None, backbone_config=None):
     """Returns a `keras.distribution.Distribution`, or None for "none".
 
     Args:
@@ -40,7 +83,13 @@ def make_distribution(mode, backbone_cls=None, model_parallel=None):
         backbone_cls: a KerasHub Backbone class. Needed for "model": its
             `get_layout_map(mesh)` says how each weight is sharded.
         model_parallel: int or None. Devices along the "model" axis for
-            "model"; the rest go to the "batch" axis. Defaults to all devices.
+            "model"; the rest go to the "batch" axis. Defaults to the largest
+            size on which every weight splits evenly (needs `backbone_config`),
+            else all devices.
+        backbone_config: dict or None. The backbone's constructor arguments (a
+            preset's config.json "config"). With it, a `model_parallel` on
+            which a weight would not split evenly is refused, naming the sizes
+            that fit.
     """
     if mode not in MODES:
         raise KerastuneError(f"distribute={mode!r}: expected one of {', '.join(MODES)}")
@@ -68,14 +117,29 @@ def make_distribution(mode, backbone_cls=None, model_parallel=None):
             f"distribute=model needs a backbone with a layout map (Llama, Gemma, "
             f"Qwen, ...); {name} has none: use distribute=data"
         )
-    m = model_parallel or len(devices)
-    if len(devices) % m:
+    n = len(devices)
+    if model_parallel and n % model_parallel:
         raise KerastuneError(
-            f"model_parallel={m} does not divide the {len(devices)} devices"
+            f"model_parallel={model_parallel} does not divide the {n} devices"
         )
-    mesh = keras.distribution.DeviceMesh(
-        shape=(len(devices) // m, m), axis_names=("batch", "model"), devices=devices)
-    layout_map = backbone_cls.get_layout_map(mesh)
+    if backbone_config is not None:
+        fits = model_parallel_sizes(backbone_cls, backbone_config, n)
+        if model_parallel and model_parallel not in fits:
+            uneven = uneven_weight(backbone_cls, backbone_config, n, model_parallel)
+            raise KerastuneError(
+                f"model_parallel={model_parallel}: the weight {uneven} does not split "
+                f"evenly; sizes that fit {n} devices: "
+                f"{', '.join(map(str, fits)) or 'none (use distribute=data)'}")
+        if not model_parallel:
+            if not fits:
+                raise KerastuneError(
+                    f"distribute=model: no model-axis size splits every "
+                    f"{backbone_cls.__name__} weight evenly over {n} devices "
+                    f"({uneven_weight(backbone_cls, backbone_config, n, n)}): "
+                    "use distribute=data")
+            model_parallel = fits[-1]
+    m = model_parallel or n
+    layout_map = backbone_cls.get_layout_map(_mesh(n, m, devices))
     return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
 
 

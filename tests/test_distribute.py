@@ -1,6 +1,7 @@
 """Multi-device training on 8 virtual CPU devices (JAX), in a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -53,8 +54,6 @@ def test_distributed_losses_match_single_device(tmp_path):
             make_distribution("data")
         return
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "KERAS_BACKEND": "jax"}
-    import os
-
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                           env=dict(os.environ, **env), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -84,3 +83,43 @@ def test_unavailable_distribution_is_a_clear_error():
     for mode in ("data", "model"):
         with pytest.raises(KerastuneError, match=expected):
             make_distribution(mode)
+
+
+def _tiny_llama():
+    import keras_hub
+
+    from kerastune_lab import testing
+
+    with open(os.path.join(testing.tiny_preset("llama"), "config.json")) as f:
+        return keras_hub.models.LlamaBackbone, json.load(f)["config"]
+
+
+def test_model_axis_sizes_come_from_the_layout_map_and_the_weight_shapes():
+    # Layout arithmetic only (no devices, no weights allocated): any backend.
+    from kerastune_lab.distribute import model_parallel_sizes, uneven_weight
+
+    cls, config = _tiny_llama()  # 4 query heads, 2 key/value heads, hidden 16
+    # On 8 devices, 8 on the model axis would split the 4 heads of the
+    # attention output kernel (4, 4, 16) eight ways; 2 on the model axis
+    # leaves 4 on the batch axis, which the layout map puts on the 2
+    # key/value heads of the key kernel (16, 2, 4).
+    assert model_parallel_sizes(cls, config, 8) == [4]
+    uneven = uneven_weight(cls, config, 8, 8)
+    assert uneven.startswith("transformer_layer_0/self_attention/attention_output/kernel (4, 4, 16)")
+    assert "model axis of 8" in uneven
+    assert uneven_weight(cls, config, 8, 4) is None
+    assert uneven_weight(cls, config, 8, 2).startswith(
+        "transformer_layer_0/self_attention/key/kernel (16, 2, 4)")
+    assert model_parallel_sizes(cls, dict(config, num_query_heads=3, num_key_value_heads=3), 8) == []
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on the jax backend only")
+def test_recipe_refuses_a_model_axis_that_does_not_divide_the_weights(tmp_path):
+    from tests.conftest import assert_one_line_error, recipe_path, run_cli
+
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = run_cli("run", recipe_path("lora_chat"), "--smoke", "--output-dir",
+                     tmp_path / "run", "distribute=model", "model_parallel=8", env=env)
+    assert_one_line_error(result, "model_parallel=8: the weight transformer_layer_0/",
+                          "does not split evenly; sizes that fit 8 devices: 4")
+    assert not os.path.exists(tmp_path / "run")
