@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from kerastune_lab.data.chat import ChatTemplate
+from kerastune_lab.data.chat_template import ChatTemplate
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.models import detached_preprocessor
 
@@ -168,7 +168,7 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
 
     import keras_hub
 
-    from kerastune_lab.data.chat import EOS_TEMPLATE
+    from kerastune_lab.data.chat_template import EOS_TEMPLATE
     from kerastune_lab.models import load_run_model
     from kerastune_lab.runs import RunDir
 

@@ -1,4 +1,12 @@
-"""Callbacks that every recipe's `fit` gets.
+"""Training: `fit_resumable`, the one `fit` call of every recipe, and the
+callbacks it gets.
+
+`fit_resumable(model, train, epochs, backup=backup, callbacks=[history])` is
+`model.fit` started where a `resume.Backup` left off: it asks the backup for
+the (epoch, step) of its phase, takes that epoch's batches from that step of a
+`data.stream.Stream`, passes `initial_epoch`, and adds the backup to the
+callbacks. Written once here, so that no recipe can resume with a mismatched
+`initial_epoch`.
 
 Keras' `CSVLogger` appends to its file as it goes, so a crash can leave a
 half-written line; `HistoryWriter` rewrites `history.csv` atomically at each
@@ -63,11 +71,45 @@ class HistoryWriter(keras.callbacks.Callback):
         self.run.write_csv("history.csv", self.rows)
 
 
-def callbacks(run, history, phase, backup=None, extra=()):
-    """Returns the callbacks for one `fit` call of phase `phase`: `history`,
-    then `backup` (a `resume.Backup`, or None) and `extra`."""
-    history.phase = phase
-    if backup is None:
-        return [history, *extra]
-    backup.phase = phase
-    return [history, backup, *extra]
+def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=0,
+                  callbacks=(), **fit_kwargs):
+    """`model.fit` of one phase, from where `backup` left off in it.
+
+    Args:
+        model: a compiled Keras model.
+        train: a `data.stream.Stream` (resumable mid-epoch), or anything
+            `model.fit` takes (resumable at epoch ends only).
+        epochs: int. The epoch to stop after, counted over all phases (as
+            Keras' `epochs=`).
+        backup: a `resume.Backup`, or None. Added to the callbacks; the fit
+            starts at its (epoch, step) when it was written in `phase`.
+        phase: str. The phase's name, recorded by the backup and set as the
+            `phase` of each callback that has one (a `HistoryWriter` writes it
+            into `history.csv`).
+        first_epoch: int. Where the phase starts without a backup.
+        callbacks: list of Keras callbacks.
+        **fit_kwargs: for `model.fit` (`validation_data`, `class_weight`,
+            `y`, ...). `verbose` defaults to `fit_verbosity()`.
+
+    Returns:
+        The Keras `History`.
+    """
+    from kerastune_lab.data.stream import Stream
+
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if hasattr(callback, "phase"):  # HistoryWriter: the phase column
+            callback.phase = phase
+    epoch, step = (first_epoch, 0)
+    if backup is not None:
+        backup.phase = phase
+        callbacks.append(backup)
+        epoch, step = backup.start(phase, first_epoch)
+    if isinstance(train, Stream):
+        fit_kwargs["steps_per_epoch"] = train.steps_per_epoch
+        train = train.dataset(epoch, step)
+    elif step:
+        raise ValueError("resuming mid-epoch needs the training data as a data.stream.Stream")
+    fit_kwargs.setdefault("verbose", fit_verbosity())
+    return model.fit(train, initial_epoch=epoch, epochs=epochs, callbacks=callbacks,
+                     **fit_kwargs)

@@ -24,7 +24,7 @@ from kerastune_lab.data import images
 from kerastune_lab.finetune import two_phase
 from kerastune_lab.models import load_image_classifier, resolve_preset
 from kerastune_lab.resume import Backup
-from kerastune_lab.training import HistoryWriter, callbacks
+from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
 
@@ -88,13 +88,12 @@ def main(config, run):
     # Training: two phases, switched with `trainable` flags, backed up as
     # they go (an interrupted run resumes from the backup).
     history = HistoryWriter(run)
-    backup = Backup(run, config.save_every_steps)
     two_phase.fine_tune(
         model, data.train, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
-        callbacks=lambda phase: callbacks(run, history, phase, backup),
-        train_batchnorm=config.train_batchnorm, backup=backup,
+        callbacks=[history],
+        train_batchnorm=config.train_batchnorm, backup=Backup(run, config.save_every_steps),
     )
 
     # Evaluation: validation accuracy after each phase.

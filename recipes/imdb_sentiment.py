@@ -33,7 +33,7 @@ from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.finetune.two_phase import compile_classifier
 from kerastune_lab.models import load_task, resolve_preset
 from kerastune_lab.resume import Backup
-from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
+from kerastune_lab.training import HistoryWriter, fit_resumable
 
 log = logging.getLogger("kerastune_lab")
 
@@ -127,12 +127,8 @@ def _main(config, run):
     # Training: everything at once, at a low learning rate, from where the
     # backup of an interrupted run left off, if any.
     compile_classifier(model, config.learning_rate)
-    history = HistoryWriter(run)
-    backup = Backup(run, config.save_every_steps)
-    epoch, step = backup.start("train")
-    model.fit(data.train.dataset(epoch, step), steps_per_epoch=data.train.steps_per_epoch,
-              initial_epoch=epoch, validation_data=data.val, epochs=config.epochs,
-              callbacks=callbacks(run, history, "train", backup), verbose=fit_verbosity())
+    fit_resumable(model, data.train, config.epochs, Backup(run, config.save_every_steps),
+                  callbacks=[HistoryWriter(run)], validation_data=data.val)
 
     # Evaluation: accuracy, per-class report, confusion matrix and curves, on the test set.
     classifier = TextClassifierPipeline(model, class_names, config.batch_size)

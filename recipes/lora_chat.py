@@ -56,6 +56,7 @@ from kerastune_lab.distribute import make_distribution, remat_scope
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import REPORT_PROMPTS, chat_report, perplexity
 from kerastune_lab.finetune import lora
+from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
 from kerastune_lab.finetune.quantize import load_quantized
 from kerastune_lab.generate import (
     ADAPTER_FILE,
@@ -64,9 +65,9 @@ from kerastune_lab.generate import (
     chat_settings,
     make_sampler,
 )
-from kerastune_lab.models import detached_preprocessor, resolve_preset
+from kerastune_lab.models import resolve_preset
 from kerastune_lab.resume import Backup
-from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
+from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
 
@@ -132,7 +133,6 @@ def lora_targets(text):
 
 
 def main(config, run):
-    import keras
     import keras_hub
     from keras_hub.src.utils.preset_utils import get_preset_loader
 
@@ -142,10 +142,8 @@ def main(config, run):
         raise KerastuneError(f"quantize={config.quantize!r}: expected one of "
                              f"{', '.join(QUANTIZE)}")
     sampler = make_sampler(config.sampler, config.temperature, seed=config.seed)
-    conversations = chat.read_chat_jsonl(config.data)
-    if config.max_examples:
-        conversations = conversations[:config.max_examples]
-    heldout_conversations = chat.read_chat_jsonl(config.heldout_data)
+    conversations, heldout_conversations = chat.read_conversations(
+        config.data, config.heldout_data, config.max_examples)
     preset = resolve_preset(config.preset, keras_hub.models.CausalLM)
     if os.path.isdir(preset):
         preset = os.path.abspath(preset)  # recorded in the adapter for `kerastune chat`
@@ -175,29 +173,17 @@ def main(config, run):
         template = chat.ChatTemplate(model.preprocessor.tokenizer, config.template)
 
         # Data: rendered, tokenised, loss-masked, packed.
-        train = chat.pack_conversations(conversations, template, config.sequence_length,
-                                        config.loss_on, config.pack, config.overlong,
-                                        source=f"chat data {config.data!r}")
-        heldout = chat.pack_conversations(heldout_conversations, template,
-                                          config.sequence_length, config.loss_on, pack=False,
-                                          overlong=config.overlong,
-                                          source=f"chat data {config.heldout_data!r}")
-        log.info("data: %d train examples in %d windows (padding %.1f%% before packing, "
-                 "%.1f%% after), %d held out", train.num_examples, len(train.token_ids),
-                 100 * train.padding_before, 100 * train.padding_after, heldout.num_examples)
+        train, heldout = chat.pack_chat_data(
+            conversations, heldout_conversations, template, config.sequence_length,
+            config.loss_on, config.pack, config.overlong,
+            sources=(f"chat data {config.data!r}", f"chat data {config.heldout_data!r}"))
         if shards > 1:  # every batch whole, so that it splits over the devices
             train = fill_windows(train, config.batch_size)
             heldout = fill_windows(heldout, config.batch_size)
         heldout_inputs = chat.model_inputs(heldout)
 
         # Training setup: only the LoRA factors are trainable.
-        model.compile(
-            optimizer=keras.optimizers.AdamW(config.learning_rate,
-                                             weight_decay=config.weight_decay),
-            loss=keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, reduction="mean_with_sample_weight"),
-            weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
+        compile_causal_lm(model, config.learning_rate, config.weight_decay)
         generator = ChatGenerator(model, template, sampler, config.max_length)
         prompts = REPORT_PROMPTS[:config.report_prompts]
 
@@ -208,16 +194,9 @@ def main(config, run):
 
         # Training: plain fit on token ids, the preprocessor detached, from
         # where the backup (trainable weights: the adapter) left off, if any.
-        history = HistoryWriter(run)
-        backup = Backup(run, config.save_every_steps, weights="trainable")
-        train_batches = chat.chat_stream(train, config.batch_size, seed=config.seed)
-        epoch, step = backup.start("train")
-        with detached_preprocessor(model):
-            model.fit(train_batches.dataset(epoch, step),
-                      steps_per_epoch=train_batches.steps_per_epoch, initial_epoch=epoch,
-                      validation_data=chat.chat_dataset(heldout, config.batch_size),
-                      epochs=config.epochs, callbacks=callbacks(run, history, "train", backup),
-                      verbose=fit_verbosity())
+        fit_packed(model, train, heldout, config.batch_size, config.epochs, config.seed,
+                   backup=Backup(run, config.save_every_steps, weights="trainable"),
+                   callbacks=[HistoryWriter(run)])
 
         # Evaluation after tuning.
         perplexity_after = perplexity(model, *heldout_inputs, batch_size=config.batch_size)

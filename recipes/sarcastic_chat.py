@@ -27,10 +27,11 @@ from kerastune_lab import testing
 from kerastune_lab.config import setting
 from kerastune_lab.data import chat
 from kerastune_lab.evaluate import REPORT_PROMPTS, chat_report, perplexity
+from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
 from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
-from kerastune_lab.models import detached_preprocessor, load_task
+from kerastune_lab.models import load_task
 from kerastune_lab.resume import Backup
-from kerastune_lab.training import HistoryWriter, callbacks, fit_verbosity
+from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
 
@@ -75,16 +76,13 @@ def smoke():
 
 
 def main(config, run):
-    import keras
     import keras_hub
 
-    # Data, read first so that bad input fails before a large download.
+    # Settings and data first, so that bad input fails before a large download.
     chat.check_settings(config.template, config.loss_on, config.overlong)
     sampler = make_sampler(config.sampler, config.temperature, seed=config.seed)
-    conversations = chat.read_chat_jsonl(config.data)
-    if config.max_examples:
-        conversations = conversations[:config.max_examples]
-    heldout_conversations = chat.read_chat_jsonl(config.heldout_data)
+    conversations, heldout_conversations = chat.read_conversations(
+        config.data, config.heldout_data, config.max_examples)
 
     # Model: a KerasHub causal LM; its tokenizer drives the data.
     model = load_task(keras_hub.models.CausalLM, config.preset)
@@ -92,24 +90,14 @@ def main(config, run):
 
     # Data: rendered, tokenised, loss-masked, packed (held-out: one example a
     # window, so no example sees another while it is scored).
-    train = chat.pack_conversations(conversations, template, config.sequence_length,
-                                    config.loss_on, config.pack, config.overlong,
-                                    source=f"chat data {config.data!r}")
-    heldout = chat.pack_conversations(heldout_conversations, template, config.sequence_length,
-                                      config.loss_on, pack=False, overlong=config.overlong,
-                                      source=f"chat data {config.heldout_data!r}")
-    log.info("data: %d train examples in %d windows (padding %.1f%% before packing, %.1f%% "
-             "after), %d held out", train.num_examples, len(train.token_ids),
-             100 * train.padding_before, 100 * train.padding_after, heldout.num_examples)
+    train, heldout = chat.pack_chat_data(
+        conversations, heldout_conversations, template, config.sequence_length,
+        config.loss_on, config.pack, config.overlong,
+        sources=(f"chat data {config.data!r}", f"chat data {config.heldout_data!r}"))
     heldout_inputs = chat.model_inputs(heldout)
 
     # Training setup: the loss is averaged over the weighted (assistant) tokens.
-    model.compile(
-        optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight"),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    compile_causal_lm(model, config.learning_rate, config.weight_decay)
     generator = ChatGenerator(model, template, sampler, config.max_length)
     prompts = REPORT_PROMPTS[:config.report_prompts]
 
@@ -120,16 +108,8 @@ def main(config, run):
 
     # Training: plain fit on token ids, the preprocessor detached, from where
     # the backup of an interrupted run left off, if any.
-    history = HistoryWriter(run)
-    backup = Backup(run, config.save_every_steps)
-    train_batches = chat.chat_stream(train, config.batch_size, seed=config.seed)
-    epoch, step = backup.start("train")
-    with detached_preprocessor(model):
-        model.fit(train_batches.dataset(epoch, step),
-                  steps_per_epoch=train_batches.steps_per_epoch, initial_epoch=epoch,
-                  validation_data=chat.chat_dataset(heldout, config.batch_size),
-                  epochs=config.epochs, callbacks=callbacks(run, history, "train", backup),
-                  verbose=fit_verbosity())
+    fit_packed(model, train, heldout, config.batch_size, config.epochs, config.seed,
+               backup=Backup(run, config.save_every_steps), callbacks=[HistoryWriter(run)])
 
     # Evaluation after tuning.
     perplexity_after = perplexity(model, *heldout_inputs, batch_size=config.batch_size)

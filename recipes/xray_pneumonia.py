@@ -41,7 +41,7 @@ from kerastune_lab.finetune import class_weights, two_phase
 from kerastune_lab.models import load_image_classifier, resolve_preset
 from kerastune_lab.predict import predict_dataset
 from kerastune_lab.resume import Backup
-from kerastune_lab.training import HistoryWriter, callbacks
+from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
 
@@ -124,13 +124,13 @@ def main(config, run):
     # Training: two phases, switched with `trainable` flags, the loss
     # class-weighted, backed up as they go (the same command resumes).
     history = HistoryWriter(run)
-    backup = Backup(run, config.save_every_steps)
     two_phase.fine_tune(
         model, data.train, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
-        callbacks=lambda phase: callbacks(run, history, phase, backup),
-        train_batchnorm=config.train_batchnorm, class_weight=weights, backup=backup,
+        callbacks=[history],
+        train_batchnorm=config.train_batchnorm, class_weight=weights,
+        backup=Backup(run, config.save_every_steps),
     )
 
     # Evaluation: on test/, past accuracy.

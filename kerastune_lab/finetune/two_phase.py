@@ -38,8 +38,7 @@ def compile_classifier(model, learning_rate):
 
 
 def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
-              learning_rate, callbacks=lambda phase: [], train_batchnorm=False,
-              backup=None, **fit_kwargs):
+              learning_rate, callbacks=(), train_batchnorm=False, backup=None, **fit_kwargs):
     """Runs both phases and returns {phase: keras History}.
 
     Args:
@@ -51,15 +50,15 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
         head_learning_rate: float. Phase 1 learning rate.
         epochs: int. Phase 2 epochs (0 skips it).
         learning_rate: float. Phase 2 learning rate.
-        callbacks: callable. `callbacks(phase)` returns that phase's callbacks.
+        callbacks: list of Keras callbacks for both phases (a
+            `training.HistoryWriter` among them records each row's phase).
         train_batchnorm: bool. Let BatchNorm statistics update in phase 2.
-        backup: a `resume.Backup` that `callbacks` returns too, or None: each
-            phase starts where it left off (mid-epoch needs a Stream).
+        backup: a `resume.Backup`, or None: each phase starts where it left
+            off (mid-epoch needs a Stream).
         **fit_kwargs: passed to both `fit` calls (e.g. `class_weight`).
     """
-    from kerastune_lab.training import fit_verbosity
+    from kerastune_lab.training import fit_resumable
 
-    fit_kwargs.setdefault("verbose", fit_verbosity())
     if isinstance(train, tuple):
         fit_kwargs["y"] = train[1]
         train = train[0]
@@ -67,26 +66,15 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
     if head_epochs and not (backup and backup.resumed_phase == FINETUNE):
         set_backbone_trainable(model, False)
         compile_classifier(model, head_learning_rate)
-        histories[HEAD] = _fit(model, train, val, HEAD, 0, head_epochs, backup,
-                               callbacks(HEAD), fit_kwargs)
+        histories[HEAD] = fit_resumable(model, train, head_epochs, backup, HEAD,
+                                        callbacks=callbacks, validation_data=val,
+                                        **fit_kwargs)
     if epochs:
         set_backbone_trainable(model, True, train_batchnorm)
         compile_classifier(model, learning_rate)  # recompile: trainable flags changed
-        histories[FINETUNE] = _fit(model, train, val, FINETUNE, head_epochs,
-                                   head_epochs + epochs, backup, callbacks(FINETUNE),
-                                   fit_kwargs)
+        histories[FINETUNE] = fit_resumable(model, train, head_epochs + epochs, backup,
+                                            FINETUNE, first_epoch=head_epochs,
+                                            callbacks=callbacks, validation_data=val,
+                                            **fit_kwargs)
     return histories
 
-
-def _fit(model, train, val, phase, first_epoch, epochs, backup, callbacks, fit_kwargs):
-    """`model.fit` of one phase, from where `backup` left off in it."""
-    from kerastune_lab.data.stream import Stream
-
-    epoch, step = backup.start(phase, first_epoch) if backup else (first_epoch, 0)
-    if isinstance(train, Stream):
-        fit_kwargs = dict(fit_kwargs, steps_per_epoch=train.steps_per_epoch)
-        train = train.dataset(epoch, step)
-    elif step:
-        raise ValueError("resuming mid-epoch needs the training data as a data.stream.Stream")
-    return model.fit(train, validation_data=val, initial_epoch=epoch, epochs=epochs,
-                     callbacks=callbacks, **fit_kwargs)

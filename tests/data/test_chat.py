@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kerastune_lab import testing
-from kerastune_lab.data import chat
+from kerastune_lab.data import chat, chat_template
 from kerastune_lab.errors import KerastuneError
 
 MULTI_TURN = [("user", "the dog is here"), ("assistant", "oh great a dog"),
@@ -26,7 +26,7 @@ def template(request):
 
 
 def _detok(tokenizer, ids):
-    return chat._as_str(tokenizer.detokenize([int(i) for i in ids])).strip()
+    return chat_template._as_str(tokenizer.detokenize([int(i) for i in ids])).strip()
 
 
 def _runs(weights):

@@ -31,14 +31,14 @@ def test_head_then_everything():
     y = (x[:, :, :, 0].mean(axis=(1, 2)) > 127).astype("int32")
     seen = []
 
-    def callbacks(phase):
-        class Spy(keras.callbacks.Callback):
-            def on_train_end(self, logs=None):
-                seen.append((phase, _weights(model.backbone), _weights(head)))
-        return [Spy()]
+    class Spy(keras.callbacks.Callback):
+        phase = None  # set by fit_resumable, as for a HistoryWriter
+
+        def on_train_end(self, logs=None):
+            seen.append((self.phase, _weights(model.backbone), _weights(head)))
 
     two_phase.fine_tune(model, (x, y), None, head_epochs=2, head_learning_rate=1e-2,
-                        epochs=2, learning_rate=1e-3, callbacks=callbacks, batch_size=8)
+                        epochs=2, learning_rate=1e-3, callbacks=[Spy()], batch_size=8)
 
     (phase1, backbone1, head1), (phase2, backbone2, head2) = seen
     assert (phase1, phase2) == ("head", "finetune")

@@ -65,6 +65,7 @@ def _write(path, *lines):
 
 
 GOOD = '{"prompt": "Hi", "response": "Oh. You again."}'
+LONG = '{"prompt": "Hi", "response": "' + "oh great another monday meeting " * 6 + '"}'
 
 
 @pytest.mark.parametrize("lines, overrides, fragments", [
@@ -73,10 +74,11 @@ GOOD = '{"prompt": "Hi", "response": "Oh. You again."}'
     ([GOOD, GOOD, '{"prompt": "Hi", "response": ""}'], [], ["line 3", "the response is empty"]),
     ([GOOD, '{"messages": [{"role": "user", "content": "Hi"}]}'], [],
      ["line 2", "no assistant turn"]),
-    ([GOOD], ["overlong=error", "sequence_length=8"],
-     ["example 1 is", "longer than sequence_length=8"]),
-    ([GOOD], ["loss_on=prompt"], ["loss_on='prompt'", "assistant, all"]),
-    ([GOOD], ["sampler=nucleus"], ["sampler 'nucleus'", "greedy"]),
+    ([LONG], ["overlong=error", "sequence_length=16"],
+     ["example 1 is", "longer than sequence_length=16"]),
+    ([GOOD], ["loss_on=prompt"], ["loss_on='prompt'", "'assistant', 'all'"]),
+    ([GOOD], ["sampler=nucleus"], ["sampler='nucleus'", "'greedy'"]),
+    ([GOOD], ["sequence_length=8"], ["sequence_length=8: expected >= 16"]),
 ])
 def test_bad_input(cli, tmp_path, lines, overrides, fragments):
     data = _write(tmp_path / "chats.jsonl", *lines)
