@@ -18,7 +18,7 @@ with quantized weights from the start (`quantize.build_quantized`: no float
 copy is ever allocated, as when `load_quantized` reads a preset), then
 `enable_lora` and `fit`. Prints one JSON line: median step time over the
 timed steps, tokens/s, and peak device memory (None on CPU).
-"""
+"""  # noqa: E501  (usage lines above: docstring text, not broken)
 
 import argparse
 import json

@@ -20,7 +20,7 @@ printed as such with the reason, and the others go on. Mixed bfloat16
 everywhere; random weights (speed does not depend on them). Prints a
 markdown table (throughput, peak device memory, ratio to the baseline) and
 the device and versions it ran on; `--json FILE` keeps the raw lines.
-"""
+"""  # noqa: E501  (a markdown table row above: not broken)
 
 import argparse
 import json
@@ -35,7 +35,8 @@ DEFAULT_BASELINES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared
 # row: (what, our command after `python`, baseline command, baseline folder or None = here)
 ROWS = {
     "resnet50": ("ResNet-50 224x224, batch 128, mixed bf16",
-                 ["train_throughput.py", "resnet50"], ["cls_baseline.py", "torch-resnet"], "shared"),
+                 ["train_throughput.py", "resnet50"], ["cls_baseline.py", "torch-resnet"],
+                 "shared"),
     "distilbert": ("DistilBERT seq 512, batch 32, mixed bf16",
                    ["train_throughput.py", "distilbert"], ["cls_baseline.py", "hf-distilbert"],
                    "shared"),
@@ -99,7 +100,8 @@ def main():
     args = parser.parse_args()
 
     raw, lines = [], []
-    header = "| work | baseline | " + " | ".join(f"kerastune_lab, {b}" for b in args.backends) + " |"
+    header = ("| work | baseline | "
+              + " | ".join(f"kerastune_lab, {b}" for b in args.backends) + " |")
     lines += [header, "|" + "---|" * (2 + len(args.backends))]
     device = None
     for row in args.rows:
@@ -120,7 +122,8 @@ def main():
             raw.append({"row": row, "backend": backend, "result": result, "why": why})
             device = device or (result or {}).get("device")
             cells.append(cell_text(result, why, reference))
-        lines.append(f"| {what}{' (tiny shape)' if args.tiny else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {what}{' (tiny shape)' if args.tiny else ''} | "
+                     + " | ".join(cells) + " |")
         print(lines[-1], file=sys.stderr, flush=True)  # progress: a row as it finishes
 
     versions = {}
@@ -132,7 +135,8 @@ def main():
         except Exception:  # not installed here
             pass
     print(f"Device: {device}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    print("Throughput, peak device memory, and ours over the baseline; medians over the timed steps.")
+    print("Throughput, peak device memory, and ours over the baseline; "
+          "medians over the timed steps.")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

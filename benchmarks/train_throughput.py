@@ -68,7 +68,8 @@ def build(model_name, c):
         return model, loss, x, y, c["batch"], "sequences"
     backbone = models.GPT2Backbone(
         vocabulary_size=c["vocab"], num_layers=c["layers"], num_heads=c["heads"],
-        hidden_dim=c["hidden"], intermediate_dim=c["inter"], max_sequence_length=max(1024, c["seq"]))
+        hidden_dim=c["hidden"], intermediate_dim=c["inter"],
+        max_sequence_length=max(1024, c["seq"]))
     model = models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return model, loss, x, ids, c["batch"] * c["seq"], "tokens"

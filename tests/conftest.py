@@ -24,19 +24,6 @@ from kerastune_lab import backend as backend_lib  # noqa: E402
 BACKEND = backend_lib.use_backend(None)
 
 
-def pytest_addoption(parser):
-    parser.addoption("--run-large", action="store_true", help="run tests marked large")
-
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-large"):
-        return
-    skip = pytest.mark.skip(reason="large: needs --run-large")
-    for item in items:
-        if "large" in item.keywords:
-            item.add_marker(skip)
-
-
 class CliResult:
     def __init__(self, code, stdout, stderr):
         self.code, self.stdout, self.stderr = code, stdout, stderr
@@ -84,8 +71,8 @@ def cli(capsys):
 def assert_one_line_error(result, *fragments):
     """Exit code 2, one line on stderr naming the input, no traceback."""
     assert result.code == 2, result
-    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("kerastune: error:")
-             or l.startswith("Error:")]
+    lines = [line for line in result.stderr.strip().splitlines()
+             if line.startswith("kerastune: error:") or line.startswith("Error:")]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:

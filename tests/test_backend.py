@@ -16,7 +16,8 @@ def test_resolution_order(monkeypatch):
 
 
 def test_unknown_backend():
-    with pytest.raises(KerastuneError, match="unknown backend --backend='mxnet'.*jax, tensorflow, torch"):
+    with pytest.raises(KerastuneError,
+                       match="unknown backend --backend='mxnet'.*jax, tensorflow, torch"):
         backend.resolve_backend("mxnet")
 
 

@@ -90,7 +90,8 @@ def raising_recipe(tmp_path, monkeypatch):
 
 def _one_line(result, code, *fragments):
     assert result.code == code, result
-    lines = [l for l in result.stderr.splitlines() if l.startswith("kerastune: error:")]
+    lines = [line for line in result.stderr.splitlines()
+             if line.startswith("kerastune: error:")]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     for fragment in fragments:

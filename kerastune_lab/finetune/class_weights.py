@@ -62,7 +62,8 @@ def class_weights(labels, setting="balanced", class_names=None):
         elif isinstance(key, int) and not isinstance(key, bool) and 0 <= key < num_classes:
             index = key
         else:
-            raise KerastuneError(f"class_weight: unknown class {key!r}; classes: {', '.join(names)}")
+            raise KerastuneError(f"class_weight: unknown class {key!r}; "
+                                 f"classes: {', '.join(names)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise KerastuneError(f"class_weight: weight of {key!r} is {value!r}: "
                                  "expected a positive number")

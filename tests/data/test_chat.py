@@ -103,7 +103,8 @@ def test_markers_missing_from_the_vocabulary_are_always_the_same_ids():
     import keras_hub
 
     tok = keras_hub.models.Tokenizer.from_preset(testing.tiny_preset("gpt2"))
-    template = chat.ChatTemplate(tok, "<|human|>{prompt}<|endoftext|><|bot|>{response}<|endoftext|>")
+    template = chat.ChatTemplate(
+        tok, "<|human|>{prompt}<|endoftext|><|bot|>{response}<|endoftext|>")
     human, bot = template.markers["<|human|>"], template.markers["<|bot|>"]
     assert len(human) > 1 and len(bot) > 1  # not in the vocabulary
     assert human == [int(i) for i in tok("<|human|>")]
@@ -150,7 +151,8 @@ def test_overlong_examples_are_truncated_dropped_or_an_error():
     truncated = chat.pack_examples(examples, sequence_length=15)
     assert (truncated.truncated, truncated.dropped, truncated.num_examples) == (2, 0, 4)
     for k in (2, 3):
-        assert list(truncated.token_ids[truncated.segment_ids == k]) == examples[k - 1].token_ids[:16]
+        assert (list(truncated.token_ids[truncated.segment_ids == k])
+                == examples[k - 1].token_ids[:16])
     dropped = chat.pack_examples(examples, sequence_length=15, overlong="drop")
     assert (dropped.truncated, dropped.dropped, dropped.num_examples) == (0, 2, 2)
     with pytest.raises(KerastuneError, match=r"example 2 is 20 tokens.*sequence_length=15"):
@@ -169,7 +171,8 @@ def test_read_chat_jsonl_reads_both_forms(tmp_path):
     ('{"prompt": "hi"', "line 2: not valid JSON"),
     ('{"question": "hi", "answer": "no"}', "line 2: expected keys \"prompt\" and \"response\""),
     ('{"prompt": "hi", "response": "  "}', "line 2: the response is empty"),
-    ('{"messages": [{"role": "user", "content": "hi"}]}', "line 2: the conversation has no assistant"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}',
+     "line 2: the conversation has no assistant"),
     ('{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}',
      "line 2: message 1 is 'assistant'"),
     ('{"messages": [{"role": "bot", "content": "hi"}]}', "line 2: message 1 has role 'bot'"),

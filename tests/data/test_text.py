@@ -41,7 +41,8 @@ def test_csv_with_named_columns_drops_and_counts_empty_texts(tmp_path, caplog):
 
 def test_jsonl_and_tsv_with_string_labels_and_a_test_file(tmp_path):
     rows = [{"body": f"{w} film number {i}", "stars": s}
-            for i, (w, s) in enumerate([("great", "five"), ("awful", "one"), ("fine", "three")] * 4)]
+            for i, (w, s) in enumerate(
+                [("great", "five"), ("awful", "one"), ("fine", "three")] * 4)]
     train = _write(tmp_path / "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows) + "\n")
     test = _write(tmp_path / "test.tsv", "stars\tbody\nthree\tan ok film\none\tbad\n")
     data = text.load_text_data(train, test, text_column="body", label_column="stars",

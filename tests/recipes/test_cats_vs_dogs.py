@@ -49,7 +49,8 @@ def test_smoke_run_writes_the_run_directory(smoke_run):
 def test_predict_prints_label_and_probability(smoke_run, tmp_path):
     out, _ = smoke_run
     folder = testing.make_image_folder(tmp_path / "new", ("cat", "dog"), per_class=1, seed=5)
-    paths = [os.path.join(folder, "cat", "cat_0000.jpg"), os.path.join(folder, "dog", "dog_0000.jpg")]
+    paths = [os.path.join(folder, "cat", "cat_0000.jpg"),
+             os.path.join(folder, "dog", "dog_0000.jpg")]
     result = run_cli("predict", out, *paths)
     assert result.code == 0, result
     lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
@@ -75,7 +76,8 @@ def _recipe_without_config(tmp_path):
     (["data={tmp}/nowhere"], ["data folder", "nowhere", "does not exist"]),
     (["data={tmp}/empty"], ["data folder", "holds no readable image"]),
     (["data={tmp}/oneclass"], ["one class only", "'cat'"]),
-    (["preset=resnet_50_imagenett"], ["unknown preset 'resnet_50_imagenett'", "resnet_50_imagenet"]),
+    (["preset=resnet_50_imagenett"],
+     ["unknown preset 'resnet_50_imagenett'", "resnet_50_imagenet"]),
     (["epochs=abc"], ["epochs=abc", "expected int"]),
     (["epoch=3"], ["unknown config key 'epoch'", "did you mean epochs"]),
     (["batch_size=8.5"], ["batch_size=8.5", "expected int"]),

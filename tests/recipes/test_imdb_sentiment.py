@@ -75,12 +75,15 @@ def _reviews_csv(path, n, seed, positive, negative, columns=("text", "label")):
 @pytest.mark.parametrize("make, fragments", [
     (lambda p: (p / "cols.csv").write_text("text,label\ngood,pos\nbad,neg\n") and p / "cols.csv",
      ["has no column 'review'", "'text', 'label'", "text_column="]),
-    (lambda p: (p / "empty.csv").write_text('review,sentiment\n" ",pos\n,neg\n') and p / "empty.csv",
+    (lambda p: (p / "empty.csv").write_text('review,sentiment\n" ",pos\n,neg\n')
+     and p / "empty.csv",
      ["holds no text", "all 2 are empty"]),
-    (lambda p: (p / "one.csv").write_text("review,sentiment\ngood,pos\nfine,pos\n") and p / "one.csv",
+    (lambda p: (p / "one.csv").write_text("review,sentiment\ngood,pos\nfine,pos\n")
+     and p / "one.csv",
      ["single class ('pos')"]),
-    (lambda p: (p / "latin1.csv").write_bytes(b"review,sentiment\ngood,pos\nbad,neg\nna\xefve,pos\n")
-     and p / "latin1.csv", ["line 4", "not UTF-8"]),
+    (lambda p: (p / "latin1.csv").write_bytes(
+        b"review,sentiment\ngood,pos\nbad,neg\nna\xefve,pos\n") and p / "latin1.csv",
+     ["line 4", "not UTF-8"]),
 ])
 def test_bad_data(cli, tmp_path, make, fragments):
     path = make(tmp_path)
