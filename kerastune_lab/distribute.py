@@ -51,7 +51,7 @@ def uneven_weight(backbone_cls, backbone_config, num_devices, model_parallel):
     uneven split (`IndivisibleError`) once the model is being built; this says
     so before.
     """
-    from kerastune_lab.finetune.lora import abstract_weights
+    from kerastune_lab.finetune._backbone import abstract_weights
 
     mesh = _mesh(num_devices, model_parallel)
     sizes = dict(zip(mesh.axis_names, mesh.shape))

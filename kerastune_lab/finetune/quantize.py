@@ -41,17 +41,13 @@ import logging
 import warnings
 
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.finetune._backbone import abstract_weights, backbone_of, has_lora
 
 log = logging.getLogger("kerastune_lab")
 
 # "none" keeps the float base; "int8" is weight-only int8, "int8_dynamic"
 # Keras' default int8 (inputs quantized too), "int4" Keras' (weight-only) int4.
 QUANTIZE_MODES = ("none", "int8", "int8_dynamic", "int4")
-
-
-def backbone_of(model):
-    """Returns `model.backbone` for a KerasHub task, else `model` itself."""
-    return getattr(model, "backbone", model)
 
 
 def quantization_mode(model):
@@ -94,7 +90,7 @@ def quantize(model, mode):
     if current != "none":
         raise KerastuneError(f"quantize={mode!r}: the base is already quantized "
                              f"to {current}")
-    if getattr(backbone_of(model), "_kerastune_lora", None) is not None:
+    if has_lora(model):
         raise KerastuneError(f"quantize={mode!r}: quantize the base before "
                              "enable_lora, not after")
     with warnings.catch_warnings():
@@ -192,12 +188,11 @@ def quantized_policy_map(backbone_cls, config, mode, dtype=None):
     """
     import keras
 
-    from kerastune_lab.finetune.lora import abstract_weights
-
     source = keras.dtype_policies.get(dtype or keras.config.dtype_policy()).name
     with abstract_weights():  # layer paths and classes, no memory
         shadow = backbone_cls.from_config(dict(config, dtype=source))
-        layers = [l for l in shadow._flatten_layers(include_self=False) if _is_quantizable(l)]
+        layers = [layer for layer in shadow._flatten_layers(include_self=False)
+                  if _is_quantizable(layer)]
     policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=source)
     policy = _policy_name(mode, source)
     for layer in layers:
@@ -268,7 +263,7 @@ def load_quantized(task_cls, preset, mode, dtype=None, **kwargs):
     source = keras.dtype_policies.get(dtype or keras.config.dtype_policy()).name
     policy_map, layers = quantized_policy_map(
         loader.check_backbone_class(), loader.config["config"], mode, source)
-    classes = {type(l) for l in layers}
+    classes = {type(layer) for layer in layers}
     with warnings.catch_warnings(), _quantize_float_weights_on_load(classes, mode, source):
         warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
         task = from_preset(task_cls, preset, dtype=policy_map, **kwargs)

@@ -142,6 +142,19 @@ def test_enable_lora_bad_input():
     _raises(lambda: quantize(lm, "int8"), "before enable_lora")
 
 
+def test_lora_is_visible_through_the_backbone_helpers():
+    from kerastune_lab.finetune import _backbone
+
+    lm = _tiny_llama()
+    assert not _backbone.has_lora(lm)
+    lora.enable_lora(lm, RANK)
+    assert _backbone.has_lora(lm)
+    assert _backbone.lora_state(lm) is lora.lora_state(lm)
+    carriers = {path for path, layer in _backbone.layer_paths(lm).items()
+                if _backbone.carries_lora(layer)}
+    assert carriers == set(lora.lora_state(lm).layers)
+
+
 FRESH_PROCESS = r"""
 import os, sys
 import numpy as np

@@ -1,0 +1,139 @@
+"""An adapter with its base preset: loaded on top of it, or merged into it.
+
+    causal_lm, metadata = load_with_adapter("run/adapter.lora.h5")
+    save_merged_preset("run/adapter.lora.h5", "merged/")  # plain keras_hub preset
+
+`load_with_adapter` gives back the model as it was at the end of training
+(the base quantized as recorded, the adapter on top); `merge_adapter` folds
+the update into a float base's kernels, so the result is a plain KerasHub
+model that saves and loads without this package.
+"""
+
+import os
+
+from keras import ops
+
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.finetune._backbone import backbone_of, layer_paths, lora_state
+from kerastune_lab.finetune.lora.adapter_file import (
+    check_base,
+    load_adapter,
+    read_adapter_metadata,
+    read_factors,
+)
+from kerastune_lab.finetune.lora.layers import Factorisation
+from kerastune_lab.finetune.lora.targets import PROJECTION_CLASSES
+from kerastune_lab.finetune.quantize import load_quantized, quantization_mode
+from kerastune_lab.runs import atomic_path
+
+
+def load_with_adapter(adapter, preset=None, task_cls=None, dtype=None, **kwargs):
+    """Loads the base an adapter was trained on, quantized as recorded, with the
+    adapter on top: the model as it was at the end of training.
+
+    The base is quantized while it loads (`quantize.load_quantized`).
+
+    Args:
+        adapter: str. A file written by `save_adapter`.
+        preset: str. The base preset (name, handle or folder). Defaults to
+            the one the adapter records.
+        task_cls: the KerasHub task class. Defaults to
+            `keras_hub.models.CausalLM`.
+        dtype: str or None. The base's float dtype ("bfloat16", "float32").
+            Defaults to Keras' global dtype policy.
+        **kwargs: for `from_preset`.
+
+    Returns:
+        (task, metadata): the model and the adapter's metadata dict.
+
+    Example:
+    ```python
+    causal_lm, _ = load_with_adapter("runs/lora_chat-20250101-120000/adapter.lora.h5")
+    ```
+    """
+    import keras_hub
+
+    from kerastune_lab.models import resolve_preset
+
+    task_cls = task_cls or keras_hub.models.CausalLM
+    metadata = read_adapter_metadata(adapter)  # a bad file fails before loading
+    preset = preset or metadata["base"]["preset"]
+    if not preset:
+        raise KerastuneError(f"adapter {os.fspath(adapter)!r} records no base preset: "
+                             "expected preset=... (--preset)")
+    preset = resolve_preset(preset, task_cls)
+    task = load_quantized(task_cls, preset, metadata["quantize"], dtype=dtype, **kwargs)
+    load_adapter(task, adapter)
+    return task, metadata
+
+
+def merge_adapter(model, path):
+    """Folds the adapter at `path` into a plain float model's kernels, in place.
+
+    Each target kernel W becomes W + alpha / rank * A B (computed in float64,
+    stored in W's dtype); the model keeps its plain layers, so it saves and
+    loads like any KerasHub model.
+
+    An adapter trained on an int8 (or int4) base merges into the float
+    base's kernels: the merged model equals the float base with the adapter
+    on top, and differs from the quantized model it was trained with by the
+    quantization error of the base.
+
+    Args:
+        model: a KerasHub backbone or task, loaded from the base preset
+            without quantizing and without LoRA.
+        path: str. A file written by `save_adapter`.
+    """
+    import h5py
+
+    metadata = read_adapter_metadata(path)
+    backbone = backbone_of(model)
+    check_base(metadata, backbone, path)
+    if lora_state(backbone) is not None or quantization_mode(backbone) != "none":
+        raise KerastuneError(f"merge {path!r}: expected a plain float base (no LoRA, "
+                             "not quantized), as loaded from the preset")
+    layers = layer_paths(backbone)
+    scale = metadata["alpha"] / metadata["rank"]
+    with h5py.File(path, "r") as f:
+        for layer_path in metadata["layers"]:
+            layer = layers.get(layer_path)
+            if type(layer) not in PROJECTION_CLASSES:
+                raise KerastuneError(f"adapter {path!r} names layer {layer_path!r}, "
+                                     "where the base has no Dense/EinsumDense layer")
+            factorisation = Factorisation.of(layer)
+            a, b = read_factors(f, layer_path, factorisation, metadata["rank"], path)
+            kernel = layer.kernel
+            merged = ops.convert_to_numpy(ops.cast(kernel, "float32")).astype("float64")
+            merged += factorisation.delta(a, b, scale)
+            kernel.assign(ops.cast(merged.astype("float32"), kernel.dtype))
+    return model
+
+
+def save_merged_preset(adapter, output, preset=None, task_cls=None):
+    """Loads the base, merges `adapter` into it, saves a preset folder at `output`.
+
+    Plain `keras_hub` loads the result: `task_cls.from_preset(output)`.
+
+    Args:
+        adapter: str. A file written by `save_adapter`.
+        output: str. The folder to write (replaced atomically).
+        preset: str. The base preset (name, handle or folder), loaded in
+            float. Defaults to the one the adapter records.
+        task_cls: the KerasHub task class to load. Defaults to
+            `keras_hub.models.CausalLM`.
+    """
+    import keras_hub
+
+    from kerastune_lab.models import from_preset, resolve_preset
+
+    task_cls = task_cls or keras_hub.models.CausalLM
+    metadata = read_adapter_metadata(adapter)  # a bad file fails before loading
+    preset = preset or metadata["base"]["preset"]
+    if not preset:
+        raise KerastuneError(f"adapter {os.fspath(adapter)!r} records no base preset: "
+                             "expected preset=...")
+    task = from_preset(task_cls, resolve_preset(preset, task_cls))
+    merge_adapter(task, adapter)
+    with atomic_path(output) as tmp:
+        task.save_to_preset(tmp)
+    return output
