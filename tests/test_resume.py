@@ -1,6 +1,8 @@
 """resume.Backup and data.stream.Stream in-process, on a tiny model: a run
 stopped mid-epoch and resumed from its backup ends with the weights of an
-uninterrupted run. (The CLI side: tests/recipes/test_resume.py.)"""
+uninterrupted run; a signal is held until its batch is backed up. (The
+snapshot file alone: tests/test_resume_snapshot.py; the CLI side:
+tests/recipes/test_resume.py.)"""
 
 import json
 import os
@@ -10,9 +12,10 @@ import numpy as np
 import pytest
 
 from kerastune_lab.data.stream import Stream
-from kerastune_lab.errors import KerastuneError, LossNotFinite
-from kerastune_lab.resume import BACKUP_FILE, STATE_FILE, Backup
+from kerastune_lab.errors import Interrupted, KerastuneError, LossNotFinite
+from kerastune_lab.resume import BACKUP_FILE, STATE_FILE, Backup, handle_interrupts
 from kerastune_lab.runs import BACKUP_DIR, RunDir
+from tests.faults import signal_at_batch
 
 
 def _stream(seed=3, augment=()):
@@ -92,7 +95,9 @@ def test_backup_resumes_mid_epoch_to_the_same_weights(tmp_path):
     stream = _stream()
     reference = _model()
     history = _fit(reference, stream, Backup(tmp_path / "ref", save_every_steps=1))
-    assert not os.path.exists(tmp_path / "ref" / "nothing")
+    # Backed up at every step, the last time at the end of epoch 3.
+    state = json.loads((tmp_path / "ref" / STATE_FILE).read_text())
+    assert (state["phase"], state["epoch"], state["step"]) == ("train", 3, 0)
 
     crashed = _model()
     with pytest.raises(RuntimeError, match="crash"):
@@ -154,6 +159,25 @@ def test_loss_not_finite_stops_and_keeps_the_last_good_backup(tmp_path):
     resumed = _model()
     again = _fit(resumed, _stream(), Backup(tmp_path))
     assert len(again.history["loss"]) == 2 and np.isfinite(again.history["loss"]).all()
+
+
+@pytest.mark.parametrize("name, code", [("INT", 130), ("TERM", 143)])
+def test_a_signal_stops_after_its_batch_is_backed_up(tmp_path, name, code):
+    model = _model()
+    # save_every_steps=0: only the interrupt backs up mid-epoch, at step 2 of epoch 2.
+    with handle_interrupts(), signal_at_batch(name, 5):
+        with pytest.raises(Interrupted) as stopped:
+            _fit(model, _stream(), Backup(tmp_path))
+    assert stopped.value.exit_code == code
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert (state["phase"], state["epoch"], state["step"]) == ("train", 1, 2)
+    # Resumed, it ends as an uninterrupted run does.
+    resumed = _model()
+    assert len(_fit(resumed, _stream(), Backup(tmp_path)).history["loss"]) == 2
+    reference = _model()
+    _fit(reference, _stream(), Backup(tmp_path / "ref"))
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_save_every_steps_must_be_a_count(tmp_path):

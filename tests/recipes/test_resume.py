@@ -2,7 +2,8 @@
 process must die): SIGKILL mid-epoch then the same command resumes to the
 weights of an uninterrupted run; SIGINT/SIGTERM back up and print the
 command that resumes; a loss that is not finite stops with one line and
-keeps the last good backup. (The callback itself: tests/test_resume.py.)"""
+keeps the last good backup. (The callback itself: tests/test_resume.py.)
+The signals are sent by the test (`tests.faults`), not by the library."""
 
 import json
 import shlex
@@ -10,8 +11,9 @@ import shlex
 import numpy as np
 import pytest
 
-from kerastune_lab.resume import BACKUP_FILE, STATE_FILE, TEST_SIGNAL_ENV
-from tests.conftest import assert_one_line_error, recipe_path, run_cli
+from kerastune_lab.resume import BACKUP_FILE, STATE_FILE
+from tests.conftest import assert_one_line_error, recipe_path
+from tests.faults import run_cli_with_signal
 
 CATS = recipe_path("cats_vs_dogs")
 LORA = recipe_path("lora_chat")
@@ -52,9 +54,8 @@ def _history(out):
 
 def test_cats_vs_dogs_resumes_mid_phase_2_after_sigkill(cli, tmp_path):
     out = tmp_path / "run"
-    # Killed at the end of its 5th batch: step 2 of epoch 2 (finetune).
-    killed = run_cli("run", CATS, *CATS_ARGS, "--output-dir", out,
-                     env={TEST_SIGNAL_ENV: "KILL@5"})
+    # Killed in its 6th batch: the last backup is of step 2 of epoch 2 (finetune).
+    killed = run_cli_with_signal("KILL@6", "run", CATS, *CATS_ARGS, "--output-dir", out)
     assert killed.code == -9, killed
     state = _state(out)
     assert (state["phase"], state["epoch"], state["step"]) == ("finetune", 1, 2)
@@ -87,8 +88,8 @@ def test_cats_vs_dogs_resumes_mid_phase_2_after_sigkill(cli, tmp_path):
 
 def test_lora_resumes_the_same_adapter_after_sigkill(cli, tmp_path):
     out = tmp_path / "run"
-    killed = run_cli("run", LORA, *LORA_ARGS, "--output-dir", out,
-                     env={TEST_SIGNAL_ENV: "KILL@2"})
+    # Killed in its 3rd batch: the last backup is of step 2.
+    killed = run_cli_with_signal("KILL@3", "run", LORA, *LORA_ARGS, "--output-dir", out)
     assert killed.code == -9, killed
     with np.load(out / "backup" / BACKUP_FILE) as f:
         state = json.loads(str(f["state"]))
@@ -109,8 +110,9 @@ def test_lora_resumes_the_same_adapter_after_sigkill(cli, tmp_path):
 @pytest.mark.parametrize("name, code", [("INT", 130), ("TERM", 143)])
 def test_interrupt_backs_up_and_prints_the_command_that_resumes(cli, tmp_path, name, code):
     out = tmp_path / "run"
-    result = run_cli("run", CATS, "--smoke", "head_epochs=1", "epochs=1", "--output-dir", out,
-                     env={TEST_SIGNAL_ENV: f"{name}@2"})
+    # Sent in its 2nd batch: held until that batch ends.
+    result = run_cli_with_signal(f"{name}@2", "run", CATS, "--smoke", "head_epochs=1",
+                                 "epochs=1", "--output-dir", out)
     assert result.code == code, result
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"kerastune: interrupted (SIG{name}); resume with: kerastune run ")

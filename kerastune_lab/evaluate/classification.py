@@ -1,119 +1,15 @@
-"""Evaluation figures and plots, written into the run directory.
+"""Evaluation of the classifier recipes, written into the run directory:
+the per-class report, the confusion matrix, ROC and precision-recall
+curves, a decision threshold for a target recall, and report.md.
 
-Classification metrics and curves come from scikit-learn and its matplotlib
-displays; what is written here is where they go and the summary of them.
+The metrics come from scikit-learn (its figures: `plots`); what is written
+here is where they go and the summary of them.
 """
 
 import logging
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from kerastune_lab.runs import atomic_path  # noqa: E402
-
-
-def save_figure(fig, path):
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png", dpi=110,
-                    bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_history(rows, path):
-    """Plots loss and every other metric per epoch, train and validation,
-    with a line where the phase changes."""
-    if not rows:
-        return
-    metrics = [k for k in rows[0] if k not in ("epoch", "phase", "learning_rate", "seconds")
-               and not k.startswith("val_")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
-    epochs = [r["epoch"] for r in rows]
-    changes = [rows[i]["epoch"] - 0.5 for i in range(1, len(rows))
-               if rows[i]["phase"] != rows[i - 1]["phase"]]
-    for ax, name in zip(axes[0], metrics):
-        ax.plot(epochs, [r.get(name) for r in rows], "o-", label=f"train {name}")
-        if f"val_{name}" in rows[0]:
-            ax.plot(epochs, [r.get(f"val_{name}") for r in rows], "s--", label=f"val {name}")
-        for x in changes:
-            ax.axvline(x, color="gray", linestyle=":", label="phase change")
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def perplexity(model, x, y, sample_weight, batch_size=8):
-    """exp of the mean next-token cross-entropy where `sample_weight` > 0.
-
-    Args:
-        model: a KerasHub `CausalLM`; run with its preprocessor detached.
-        x: dict of numpy arrays {"token_ids", "padding_mask"}.
-        y: numpy array of the next tokens, like `x["token_ids"]`.
-        sample_weight: numpy array like `y`. Weights of each token's loss.
-        batch_size: int. Sequences a forward pass. Defaults to 8.
-    """
-    import numpy as np
-
-    from kerastune_lab.models import detached_preprocessor
-
-    total, count = 0.0, 0.0
-    with detached_preprocessor(model):
-        for start in range(0, len(y), batch_size):
-            batch = {k: v[start:start + batch_size] for k, v in x.items()}
-            logits = np.asarray(model.predict_on_batch(batch), dtype="float32")
-            top = logits.max(axis=-1, keepdims=True)
-            log_z = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
-            target = np.take_along_axis(logits, y[start:start + batch_size, ..., None],
-                                        axis=-1)[..., 0]
-            w = sample_weight[start:start + batch_size]
-            total += float(((log_z - target) * w).sum())
-            count += float(w.sum())
-    if count == 0:
-        raise ValueError("perplexity: every sample weight is 0")
-    return float(np.exp(total / count))
-
-
-# === Classification ===
-
-# Prompts for the chat recipes' before/after replies in report.md (in neither
-# shipped data file).
-REPORT_PROMPTS = [
-    "Do you think it will rain on my birthday?",
-    "How do I become a better cook?",
-    "What's your opinion on Mondays?",
-    "Can you help me choose a new phone?",
-    "Why is my cat staring at me?",
-    "Any tips for my first marathon?",
-]
-
-
-def chat_report(title, intro, config, metrics, prompts, before, after, note=""):
-    """A chat recipe's report.md: `intro` (lines), held-out perplexity and
-    padding before and after, the data figures, then each prompt's reply
-    before and after tuning."""
-    train = metrics["train"]
-    lines = [f"# {title}", "", *intro, "",
-             "| | before | after |",
-             "|---|---|---|",
-             f"| held-out perplexity | {metrics['heldout_perplexity_before']:.2f} | "
-             f"{metrics['heldout_perplexity_after']:.2f} |",
-             f"| padding fraction (train) | {train['padding_fraction_before_packing']:.3f} | "
-             f"{train['padding_fraction_after_packing']:.3f} |",
-             "",
-             f"Training: {train['examples']} examples in {train['windows']} windows of "
-             f"{config.sequence_length + 1} tokens ({train['truncated']} truncated, "
-             f"{train['dropped']} dropped).{' ' + note if note else ''}",
-             "",
-             f"## Replies ({config.sampler} sampler, temperature {config.temperature}, "
-             f"max_length {config.max_length})",
-             ""]
-    for prompt, old, new in zip(prompts, before, after):
-        old, new = (" ".join(text.split()) or "(empty)" for text in (old, new))
-        lines += [f"**{prompt}**", "", f"- before: {old}", f"- after: {new}", ""]
-    return "\n".join(lines)
+from kerastune_lab.evaluate import plots
 
 
 def _class_index(positive_class, class_names):
@@ -162,39 +58,6 @@ def decision_threshold(y_true, scores, target_recall):
         "tp": int(np.sum(predicted & y_true)), "fp": int(np.sum(predicted & ~y_true)),
         "fn": int(np.sum(~predicted & y_true)), "tn": int(np.sum(~predicted & ~y_true)),
     }
-
-
-def _plot_curves(run, y_true, probs, classes, class_names, point=None):
-    """Writes roc.png and pr.png, one-vs-rest for each class index in `classes`;
-    returns {class index: (roc_auc, average_precision)}."""
-    from sklearn import metrics as skm
-
-    roc_fig, roc_ax = plt.subplots(figsize=(5, 4.5))
-    pr_fig, pr_ax = plt.subplots(figsize=(5, 4.5))
-    scores = {}
-    for c in classes:
-        y_bin, score = y_true == c, probs[:, c]
-        auc = float(skm.roc_auc_score(y_bin, score))
-        ap = float(skm.average_precision_score(y_bin, score))
-        scores[c] = (auc, ap)
-        # The displays add "(AUC = ...)" and "(AP = ...)" to the names.
-        skm.RocCurveDisplay.from_predictions(y_bin, score, ax=roc_ax, name=class_names[c])
-        skm.PrecisionRecallDisplay.from_predictions(y_bin, score, ax=pr_ax, name=class_names[c])
-    roc_ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="chance")
-    if point is not None:
-        fpr = point["fp"] / max(point["fp"] + point["tn"], 1)
-        label = f"threshold {point['threshold']:.3f}"
-        roc_ax.plot([fpr], [point["recall"]], "ro", label=label)
-        pr_ax.plot([point["recall"]], [point["precision"]], "ro", label=label)
-    roc_ax.set_title("ROC curve" + (" (one vs rest)" if len(class_names) > 2 else ""))
-    pr_ax.set_title("Precision-recall curve" + (" (one vs rest)" if len(class_names) > 2 else ""))
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate (recall)")
-    pr_ax.set(xlabel="recall", ylabel="precision")
-    for ax in (roc_ax, pr_ax):
-        ax.legend(fontsize=8, loc="lower right" if ax is roc_ax else "lower left")
-    save_figure(roc_fig, run.file("roc.png"))
-    save_figure(pr_fig, run.file("pr.png"))
-    return scores
 
 
 def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
@@ -264,11 +127,7 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
     run.write_json("confusion_matrix.json", {
         "labels": list(class_names), "rows": "true class", "columns": "predicted class",
         "matrix": matrix.tolist()})
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * k, 1.2 + 1.1 * k))
-    skm.ConfusionMatrixDisplay(matrix, display_labels=list(class_names)).plot(
-        ax=ax, cmap="Blues", colorbar=False, values_format="d")
-    ax.set_title("Confusion matrix")
-    save_figure(fig, run.file("confusion_matrix.png"))
+    plots.plot_confusion_matrix(matrix, class_names, run.file("confusion_matrix.png"))
 
     summary = {
         f"{prefix}_num_examples": int(len(y_true)),
@@ -307,7 +166,12 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
                  point["threshold"], point["recall"], class_names[positive], target_recall,
                  point["precision"])
     classes = [positive] if k == 2 else [int(c) for c in present]
-    scores = _plot_curves(run, y_true, probs, classes, class_names, point)
+    scores = {}  # class index: (roc_auc, average_precision), one vs rest
+    for c in classes:
+        scores[c] = (float(skm.roc_auc_score(y_true == c, probs[:, c])),
+                     float(skm.average_precision_score(y_true == c, probs[:, c])))
+    plots.plot_curves(run.file("roc.png"), run.file("pr.png"), y_true, probs, classes,
+                      class_names, point)
     if k == 2:
         summary[f"{prefix}_roc_auc"], summary[f"{prefix}_average_precision"] = scores[positive]
     else:
@@ -336,7 +200,7 @@ def write_report(run, summary, title, notes=()):
     if os.path.exists(run.file("history.csv")):
         # The runner plots again after `main`; plotting here keeps the link
         # good for a script that calls this itself.
-        plot_history(read_csv(run.file("history.csv")), run.file("training_curves.png"))
+        plots.plot_history(read_csv(run.file("history.csv")), run.file("training_curves.png"))
     exists = lambda name: os.path.exists(run.file(name))  # noqa: E731
     lines = [f"# {title}", ""]
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])

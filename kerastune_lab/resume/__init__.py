@@ -1,0 +1,29 @@
+"""Back up a run as it trains, resume it after a crash, stop it cleanly.
+
+- `backup.Backup`: the Keras callback that writes the backup and resumes
+  from it, mid-epoch;
+- `snapshot`: the backup file, written and read back (weights, optimizer
+  and metrics variables, phase, epoch and step, random states);
+- `signals`: SIGINT and SIGTERM held until the current batch ends
+  (`handle_interrupts`).
+
+The names below are the ones imported from `kerastune_lab.resume`.
+"""
+
+from kerastune_lab.errors import Interrupted, KerastuneError, LossNotFinite, RunStopped
+from kerastune_lab.resume.backup import Backup
+from kerastune_lab.resume.signals import SIGNALS, handle_interrupts
+from kerastune_lab.resume.snapshot import (
+    BACKUP_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    STATE_FILE,
+    WEIGHTS,
+    read_state,
+)
+
+__all__ = [
+    "BACKUP_FILE", "FORMAT", "FORMAT_VERSION", "SIGNALS", "STATE_FILE", "WEIGHTS", "Backup",
+    "Interrupted", "KerastuneError", "LossNotFinite", "RunStopped", "handle_interrupts",
+    "read_state",
+]

@@ -1,0 +1,247 @@
+"""The backup file: a training snapshot written and read back, without `fit`.
+
+    snapshot.write(directory, {"phase": "train", "epoch": 1, "step": 2, ...},
+                   model=model_variables(model), optimizer=model.optimizer.variables)
+    restored = snapshot.restore(directory, model_variables(model), model.optimizer.variables)
+
+One file, `latest.npz` (numpy's zip of arrays), written atomically
+(`runs.atomic_path`), then a readable copy of its state in `state.json`. It
+holds:
+
+- the model's variables: all of them, or for `weights="trainable"` only the
+  trainable ones and the seed states (`model_variables`), read directly,
+  never through `save_own_variables` (which in Keras' LoRA layers merges the
+  adapter into the kernel);
+- the optimizer's variables (step count, moments);
+- the metrics' variables (mid-epoch, so the epoch's logged figures match);
+- the state: format and version, phase, epoch and step in it, steps per
+  epoch, which weights, when, each group's variable paths and shapes;
+- the random states: Python's, numpy's, Keras' global seed generator's, and
+  on torch torch's own generators (CPU and CUDA).
+
+Variables are matched back by count and shape (auto-made names such as
+"adam_2" may differ between processes). `keras.callbacks.BackupAndRestore`
+saves weights and optimizer only, in place, through `save_own_variables`:
+hence this file.
+"""
+
+import collections
+import datetime
+import json
+import os
+import random
+import zipfile
+
+import keras
+import numpy as np
+
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.runs import atomic_path, write_json
+
+BACKUP_FILE = "latest.npz"  # arrays and their state, one file
+STATE_FILE = "state.json"  # a readable copy of the state, written after BACKUP_FILE
+FORMAT = "kerastune_backup"
+FORMAT_VERSION = 1
+WEIGHTS = ("all", "trainable")
+
+# What `restore` gives back to put in place later: the state read, the
+# metrics' ([path, shape] list, values) or None, torch's generator states
+# ({} off torch).
+Restored = collections.namedtuple("Restored", ["state", "metrics", "torch_rng"])
+
+
+class NotFinite(ValueError):
+    """A float variable to write holds NaN or infinity: nothing was written."""
+
+    def __init__(self, group, variable):
+        super().__init__(f"{group} variable {variable.path!r} is not finite")
+        self.group, self.variable = group, variable
+
+
+def model_variables(model, weights="all"):
+    """The variables of `model` a snapshot holds: every one (`weights="all"`),
+    or the trainable ones and the seed states (`"trainable"`: a LoRA adapter,
+    not its frozen base)."""
+    if weights == "all":
+        return list(model.variables)
+    seeds = [v for v in model.non_trainable_variables
+             if v.path.endswith("seed_generator_state")]
+    return list(model.trainable_variables) + seeds
+
+
+def read_state(directory):
+    """The state of the backup in `directory` (a dict), or None without one."""
+    path = os.path.join(os.fspath(directory), BACKUP_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            state = json.loads(str(f["state"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise KerastuneError(f"backup {path!r} cannot be read ({type(e).__name__}): pass "
+                             "--overwrite to start the run again") from None
+    if state.get("format") != FORMAT or state.get("version") != FORMAT_VERSION:
+        raise KerastuneError(f"backup {path!r} is not a kerastune backup of version "
+                             f"{FORMAT_VERSION}: pass --overwrite to start the run again")
+    return state
+
+
+def write(directory, info, model, optimizer=(), metrics=()):
+    """Writes a snapshot into `directory` (made if missing), atomically.
+
+    Args:
+        directory: str. The backup folder.
+        info: dict. JSON values kept in the state: "phase", "epoch", "step",
+            "steps_per_epoch", "weights".
+        model: list of Variable. The model's (`model_variables`).
+        optimizer: list of Variable. The optimizer's. Defaults to none.
+        metrics: list of Variable. The metrics'. Defaults to none.
+
+    Returns:
+        dict: the state written (as `read_state` reads it).
+
+    Raises:
+        NotFinite: a float variable holds NaN or infinity; nothing was written.
+    """
+    groups = {"model": list(model), "optimizer": list(optimizer), "metrics": list(metrics)}
+    arrays = {}
+    for group, values in groups.items():
+        for i, variable in enumerate(values):
+            arrays[f"{group}.{i}"] = value = _to_numpy(variable)
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                # Never replace a good backup with NaN or infinite weights.
+                raise NotFinite(group, variable)
+    _, python_state, python_gauss = random.getstate()
+    rng = {"python": [list(python_state), python_gauss]}
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    arrays["rng.numpy"] = keys
+    rng["numpy"] = [int(pos), int(has_gauss), float(gauss)]
+    generator = _global_seed_generator()
+    if generator is not None:
+        arrays["rng.keras"] = _to_numpy(generator.state)
+    arrays.update(_torch_rng_state())
+    state = {
+        "format": FORMAT, "version": FORMAT_VERSION, **info,
+        "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        **{group: [[v.path, list(v.shape)] for v in values] for group, values in groups.items()},
+        "rng": rng,
+    }
+    arrays["state"] = np.asarray(json.dumps(state))
+    os.makedirs(directory, exist_ok=True)
+    with atomic_path(os.path.join(directory, BACKUP_FILE)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+    write_json(os.path.join(directory, STATE_FILE), {k: v for k, v in state.items() if k != "rng"})
+    return state
+
+
+def restore(directory, model, optimizer=None, steps_per_epoch=None):
+    """Puts the snapshot in `directory` back.
+
+    Assigns `model`'s and `optimizer`'s variables (checked against the
+    snapshot's by count and shape) and puts back Python's, numpy's and
+    Keras' global random states. The metrics' values and torch's generator
+    states are returned, to put back when training starts
+    (`restore_metrics`, `set_torch_rng_state`).
+
+    Args:
+        directory: str. The backup folder.
+        model: list of Variable. As written (`model_variables`).
+        optimizer: list of Variable or None. The optimizer's, built.
+        steps_per_epoch: int or None. Refuses a snapshot of another number
+            of steps an epoch. Defaults to None: not checked.
+
+    Returns:
+        Restored(state, metrics, torch_rng).
+    """
+    path = os.path.join(os.fspath(directory), BACKUP_FILE)
+    with np.load(path, allow_pickle=False) as f:
+        state = json.loads(str(f["state"]))
+        if steps_per_epoch and state["steps_per_epoch"] and (
+                steps_per_epoch != state["steps_per_epoch"]):
+            raise KerastuneError(
+                f"backup {path!r} has {state['steps_per_epoch']} steps an epoch, "
+                f"this run {steps_per_epoch}: pass --overwrite to start again")
+        groups = [("model", list(model))]
+        if optimizer is not None:
+            groups.append(("optimizer", list(optimizer)))
+        for what, variables in groups:
+            for variable, value in zip(variables, _check(what, state[what], variables, f, path)):
+                variable.assign(value)
+        metrics = None
+        if state["metrics"]:
+            metrics = (state["metrics"], [f[f"metrics.{i}"] for i in range(len(state["metrics"]))])
+        pos, has_gauss, gauss = state["rng"]["numpy"]
+        np.random.set_state(("MT19937", f["rng.numpy"], pos, has_gauss, gauss))
+        python_state, python_gauss = state["rng"]["python"]
+        random.setstate((3, tuple(python_state), python_gauss))
+        generator = _global_seed_generator()
+        if generator is not None and "rng.keras" in f.files:
+            generator.state.assign(f["rng.keras"])
+        torch_rng = {k: f[k] for k in ("rng.torch", "rng.torch_cuda") if k in f.files}
+    return Restored(state, metrics, torch_rng)
+
+
+def restore_metrics(metrics, variables):
+    """Assigns `Restored.metrics` to the metrics' `variables`. Returns False,
+    assigning nothing, when they differ by count or shape (or there are
+    none): metrics not built yet, or other metrics."""
+    saved, values = metrics or ((), ())
+    variables = list(variables)
+    if [list(s[1]) for s in saved] != [list(v.shape) for v in variables]:
+        return False
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    return True
+
+
+def set_torch_rng_state(f):
+    """Puts back torch's generator states of `Restored.torch_rng`."""
+    import torch
+
+    torch.set_rng_state(torch.from_numpy(f["rng.torch"]))
+    if "rng.torch_cuda" in f and torch.cuda.is_available():
+        states = f["rng.torch_cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([torch.from_numpy(s) for s in states])
+
+
+def _to_numpy(variable):
+    value = np.asarray(keras.ops.convert_to_numpy(variable))
+    if value.dtype.kind not in "biuf":  # bfloat16 and other extension dtypes
+        value = value.astype("float32")  # exact; assign casts back
+    return value
+
+
+def _check(what, saved, variables, file, path):
+    """Checks the backed-up `saved` [path, shape] pairs against `variables`
+    by count and shape (auto-made names such as "adam_2" may differ)."""
+    here = [[v.path, list(v.shape)] for v in variables]
+    wrong = (f"{len(saved)} there, {len(here)} here" if len(saved) != len(here) else
+             next((f"{a[0]!r} {tuple(a[1])} there, {b[0]!r} {tuple(b[1])} here"
+                   for a, b in zip(saved, here) if list(a[1]) != b[1]), None))
+    if wrong:
+        raise KerastuneError(f"backup {path!r} does not match this model's {what} "
+                             f"variables ({wrong}): pass --overwrite to start again")
+    return [file[f"{what}.{i}"] for i in range(len(here))]
+
+
+def _global_seed_generator():
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute("global_seed_generator")
+
+
+def _torch_rng_state():
+    """Torch's global generators, as arrays: on the torch backend, layers
+    without a seed of their own (Keras' Dropout among them) draw from them."""
+    if keras.backend.backend() != "torch":
+        return {}
+    import torch
+
+    arrays = {"rng.torch": torch.get_rng_state().numpy()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        arrays["rng.torch_cuda"] = np.stack([s.numpy() for s in torch.cuda.get_rng_state_all()])
+    return arrays

@@ -1,0 +1,132 @@
+"""resume.snapshot alone, without `fit`: what is written is read back into
+the variables and random states, and a bad snapshot is refused."""
+
+import json
+import random
+
+import keras
+import numpy as np
+import pytest
+
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.resume import snapshot
+
+INFO = {"phase": "finetune", "epoch": 1, "step": 2, "steps_per_epoch": 3, "weights": "all"}
+
+
+def _model():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _values(variables):
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+
+
+def _fill(variables, rng):
+    """Gives every variable values a fresh one does not have."""
+    for v in variables:
+        value = rng.integers(1, 100, v.shape) if "int" in v.dtype else rng.normal(size=v.shape)
+        v.assign(np.asarray(value).astype(v.dtype))
+
+
+def _draws():
+    """One draw from each random state a snapshot holds."""
+    draws = {"python": random.random(), "numpy": np.random.rand(3),
+             "keras": keras.ops.convert_to_numpy(keras.random.uniform((3,)))}
+    if keras.backend.backend() == "torch":
+        import torch
+
+        draws["torch"] = torch.rand(3).numpy()
+    return draws
+
+
+def test_round_trip_puts_back_weights_optimizer_metrics_and_random_states(tmp_path):
+    model = _model()
+    rng = np.random.default_rng(0)
+    _fill(model.variables, rng)
+    _fill(model.optimizer.variables, rng)
+    mean = keras.metrics.Mean()
+    mean.update_state([1.0, 2.0, 6.0])
+    keras.random.uniform((1,))  # the global seed generator exists
+    weights, moments = _values(model.variables), _values(model.optimizer.variables)
+
+    state = snapshot.write(tmp_path, INFO, snapshot.model_variables(model),
+                           optimizer=model.optimizer.variables, metrics=mean.variables)
+    expected = _draws()
+    assert snapshot.read_state(tmp_path) == state
+    assert {k: state[k] for k in INFO} == INFO
+    assert state["model"] == [[v.path, list(v.shape)] for v in model.variables]
+    written = json.loads((tmp_path / snapshot.STATE_FILE).read_text())
+    assert written == {k: v for k, v in state.items() if k != "rng"}
+
+    _draws()  # the random states move on, the variables change
+    for v in model.variables + model.optimizer.variables:
+        v.assign(keras.ops.zeros(v.shape, v.dtype))
+    restored = snapshot.restore(tmp_path, snapshot.model_variables(model),
+                                model.optimizer.variables, steps_per_epoch=3)
+    if restored.torch_rng:
+        snapshot.set_torch_rng_state(restored.torch_rng)
+    assert (keras.backend.backend() == "torch") == bool(restored.torch_rng)
+    assert restored.state == state
+    for a, b in zip(weights + moments, _values(model.variables + model.optimizer.variables)):
+        np.testing.assert_array_equal(a, b)
+    assert len(weights) == 5 and len(moments) > 2  # 2 Dense x 2 + Dropout's seed; Adam's
+    paths, values = restored.metrics
+    assert paths == [[v.path, list(v.shape)] for v in mean.variables]
+    np.testing.assert_array_equal(values, [9.0, 3.0])  # total and count
+    mean.reset_state()
+    assert snapshot.restore_metrics(restored.metrics, mean.variables)
+    assert float(mean.result()) == 3.0
+    assert not snapshot.restore_metrics(restored.metrics, mean.variables[:1])
+    again = _draws()
+    assert sorted(again) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(again[key], expected[key], err_msg=key)
+
+
+def test_trainable_weights_leave_out_the_frozen_ones(tmp_path):
+    model = _model()
+    model.layers[0].trainable = False
+    variables = snapshot.model_variables(model, "trainable")
+    head, dropout = model.layers[2], model.layers[1]
+    assert [v.path for v in variables] == [head.kernel.path, head.bias.path,
+                                           dropout.seed_generator.state.path]
+    snapshot.write(tmp_path, dict(INFO, weights="trainable"), variables)
+    restored = snapshot.restore(tmp_path, variables)
+    assert [p for p, _ in restored.state["model"]] == [v.path for v in variables]
+    assert restored.state["optimizer"] == [] and restored.metrics is None
+
+
+def test_a_variable_not_finite_writes_nothing(tmp_path):
+    model = _model()
+    snapshot.write(tmp_path, INFO, snapshot.model_variables(model))
+    before = (tmp_path / snapshot.BACKUP_FILE).read_bytes()
+    head = model.layers[2]
+    head.bias.assign(np.array([0.0, np.nan], "float32"))
+    with pytest.raises(snapshot.NotFinite, match=f"model variable '{head.bias.path}' is not"):
+        snapshot.write(tmp_path, dict(INFO, epoch=2), snapshot.model_variables(model))
+    assert (tmp_path / snapshot.BACKUP_FILE).read_bytes() == before
+    assert snapshot.read_state(tmp_path)["epoch"] == 1
+
+
+def test_another_model_or_epoch_length_is_refused(tmp_path):
+    assert snapshot.read_state(tmp_path) is None
+    model = _model()
+    snapshot.write(tmp_path, INFO, snapshot.model_variables(model))
+    with pytest.raises(KerastuneError, match="has 3 steps an epoch, this run 4"):
+        snapshot.restore(tmp_path, snapshot.model_variables(model), steps_per_epoch=4)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+    with pytest.raises(KerastuneError, match=r"model variables \('.*' \(3, 4\) there, "
+                       r"'.*' \(3, 5\) here\)"):
+        snapshot.restore(tmp_path, snapshot.model_variables(other))
+    with pytest.raises(KerastuneError, match=r"model variables \(5 there, 4 here\)"):
+        snapshot.restore(tmp_path, snapshot.model_variables(model)[:4])
+    (tmp_path / snapshot.BACKUP_FILE).write_bytes(b"not a zip")
+    with pytest.raises(KerastuneError, match="cannot be read"):
+        snapshot.read_state(tmp_path)
