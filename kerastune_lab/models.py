@@ -125,20 +125,34 @@ def safe_loading():
 
 def from_preset(task_cls, preset, **kwargs):
     """`task_cls.from_preset(preset, **kwargs)` in Keras' safe mode. Check the
-    preset first with `resolve_preset` (which checks a local folder)."""
-    with safe_loading():
-        return task_cls.from_preset(preset, **kwargs)
+    preset first with `resolve_preset` (which checks a local folder and
+    downloads a named preset's config.json). A download that fails (the
+    weights, the tokenizer files) is one `DownloadFailed` line; offline, a
+    Kaggle preset that kagglehub's cache holds loads from there
+    (`hub.load_preset`)."""
+    from kerastune_lab import hub
+
+    with hub.preset_download_errors(preset), safe_loading():
+        return hub.load_preset(lambda p: task_cls.from_preset(p, **kwargs), preset)
 
 
 def resolve_preset(preset, task_cls):
     """Checks that `preset` can name a preset for `task_cls` and returns it.
 
+    A preset name or a `kaggle://`/`hf://` handle then has its config.json
+    downloaded (`hub.fetch_preset`, cached for KerasHub), so that a preset
+    that cannot be downloaded (no network, a gated model, ...) is one
+    `DownloadFailed` line; an unknown name is a `KerastuneError` before any
+    download.
+
     Args:
         preset: str. A preset name, handle, or local folder.
         task_cls: a KerasHub task class, e.g. `keras_hub.models.ImageClassifier`.
     """
+    from kerastune_lab import hub
+
     if preset.startswith(HANDLE_SCHEMES):
-        return preset
+        return hub.fetch_preset(preset)
     path = os.path.expanduser(preset)
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")):
@@ -154,7 +168,7 @@ def resolve_preset(preset, task_cls):
             "folder written by save_to_preset (.keras and pickle files are not loaded)")
     known = task_cls.presets
     if preset in known:
-        return preset
+        return hub.fetch_preset(preset)
     looks_like_path = os.sep in preset or preset.startswith(".")
     where = "folder does not exist" if looks_like_path else "not a known preset"
     raise KerastuneError(

@@ -11,13 +11,19 @@ def _classifier():
     return keras_hub.models.ImageClassifier
 
 
-def test_known_names_handles_and_folders_pass(tmp_path):
+def test_known_names_handles_and_folders_pass(tmp_path, monkeypatch):
+    from kerastune_lab import hub
+
+    fetched = []  # names and handles are fetched (tests/test_hub.py); folders are not
+    monkeypatch.setattr(hub, "fetch_preset", lambda preset: fetched.append(preset) or preset)
     cls = _classifier()
     assert resolve_preset("resnet_50_imagenet", cls) == "resnet_50_imagenet"
     assert resolve_preset("kaggle://keras/resnetv2/keras/resnet_50_imagenet", cls).startswith("kaggle://")
     assert resolve_preset("hf://someone/model", cls) == "hf://someone/model"
     folder = testing.tiny_preset("resnet")
     assert resolve_preset(folder, cls) == folder
+    assert fetched == ["resnet_50_imagenet", "kaggle://keras/resnetv2/keras/resnet_50_imagenet",
+                       "hf://someone/model"]
 
 
 @pytest.mark.parametrize("preset, fragment", [

@@ -7,15 +7,31 @@ and torch takes its batches as numpy.
 
 def tfds_builder(name, data_dir=None):
     """The TFDS builder of `name`; an unknown name is a one-line error that
-    names the closest known ones."""
+    names the closest known ones, a failed download (of its metadata) a
+    one-line `DownloadFailed`."""
     import tensorflow_datasets as tfds
 
+    from kerastune_lab import hub
     from kerastune_lab.config import closest
     from kerastune_lab.errors import KerastuneError
 
     try:
-        return tfds.builder(name, data_dir=data_dir)
+        with hub.download_errors(f"TFDS dataset {name!r}", source="tfds", cache=data_dir):
+            return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise KerastuneError(
             f"unknown TFDS dataset {name!r}{closest(name, tfds.list_builders())}"
         ) from None
+
+
+def tfds_load(name, split, data_dir=None, **kwargs):
+    """`tfds.load(name, split=split, data_dir=data_dir, **kwargs)`: downloads and
+    prepares the dataset once (`download_and_prepare`), then reads it. A failed
+    download (no network, refused, cut off) is one `DownloadFailed` line
+    naming the dataset and what to do."""
+    import tensorflow_datasets as tfds
+
+    from kerastune_lab import hub
+
+    with hub.download_errors(f"TFDS dataset {name!r}", source="tfds", cache=data_dir):
+        return tfds.load(name, split=split, data_dir=data_dir, **kwargs)

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from kerastune_lab.data import tfds_builder
+from kerastune_lab.data import tfds_builder, tfds_load
 from kerastune_lab.data.stream import Stream
 from kerastune_lab.errors import KerastuneError
 
@@ -245,7 +245,6 @@ def load_image_folder(root, image_size, batch_size, val_split=0.2, seed=0, augme
 def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), data_dir=None):
     """Loads a TFDS image-classification dataset (`tfds:NAME`, downloads once)."""
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
     builder = tfds_builder(name, data_dir)
     info = builder.info
@@ -258,8 +257,7 @@ def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), d
         cut = int(round(100 * (1 - val_split)))
         splits = [f"train[:{cut}%]", f"train[{cut}%:]"]
     # Files in a fixed order: the training stream shuffles them per epoch.
-    train, val = tfds.load(name, split=splits, as_supervised=True, data_dir=data_dir,
-                           shuffle_files=False)
+    train, val = tfds_load(name, splits, data_dir, as_supervised=True, shuffle_files=False)
     resize = lambda x, y: (tf.image.resize(x, (image_size, image_size)), tf.cast(y, "int32"))  # noqa: E731
     num_train = int(train.cardinality())
     num_val = int(val.cardinality())

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from kerastune_lab.data import tfds_builder
+from kerastune_lab.data import tfds_builder, tfds_load
 from kerastune_lab.errors import KerastuneError
 
 log = logging.getLogger("kerastune_lab")
@@ -201,7 +201,7 @@ def read_tfds(name, split, data_dir=None):
             f"TFDS dataset {name!r} has no {split!r} split: it has "
             f"{', '.join(builder.info.splits)}"
         )
-    ds = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir)
+    ds = tfds_load(name, split, data_dir, as_supervised=True)
     texts, labels, empty = [], [], []
     for i, (text, y) in enumerate(tfds.as_numpy(ds)):
         text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
