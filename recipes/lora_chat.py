@@ -54,7 +54,7 @@ from kerastune_lab.config import setting
 from kerastune_lab.data import chat
 from kerastune_lab.distribute import make_distribution, remat_scope
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.evaluate import REPORT_PROMPTS, chat_report, perplexity
+from kerastune_lab.evaluate import REPORT_PROMPTS, chat_metrics, chat_report, perplexity
 from kerastune_lab.finetune import lora
 from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
 from kerastune_lab.finetune.quantize import load_quantized
@@ -207,22 +207,13 @@ def main(config, run):
         lora.save_adapter(model, run.file(ADAPTER_FILE), preset=preset)
     run.write_json(CHAT_FILE, dict(chat_settings(template),
                                    sequence_length=config.sequence_length))
-    metrics = {
-        "heldout_perplexity_before": perplexity_before,
-        "heldout_perplexity_after": perplexity_after,
-        "adapter_bytes": os.path.getsize(run.file(ADAPTER_FILE)),
-        "trainable_parameters": counts["trainable"],
-        "total_parameters": counts["total"],
-        "trainable_ratio": counts["ratio"],
-        "quantize": config.quantize,
-        "lora_rank": config.lora_rank,
-        "lora_alpha": config.lora_alpha,
-        "lora_layers": len(lora.lora_state(model).layers),
-        "padding_fraction_before_packing": train.padding_before,
-        "padding_fraction_after_packing": train.padding_after,
-        "train": train.summary(),
-        "heldout": heldout.summary(),
-    }
+    metrics = chat_metrics(
+        perplexity_before, perplexity_after, train, heldout,
+        adapter_bytes=os.path.getsize(run.file(ADAPTER_FILE)),
+        trainable_parameters=counts["trainable"], total_parameters=counts["total"],
+        trainable_ratio=counts["ratio"], quantize=config.quantize,
+        lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+        lora_layers=len(lora.lora_state(model).layers))
     run.write_json("metrics.json", metrics)
     run.write_text("report.md", report(config, metrics, prompts, before, after))
 

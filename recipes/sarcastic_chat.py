@@ -26,7 +26,7 @@ import os
 from kerastune_lab import testing
 from kerastune_lab.config import setting
 from kerastune_lab.data import chat
-from kerastune_lab.evaluate import REPORT_PROMPTS, chat_report, perplexity
+from kerastune_lab.evaluate import REPORT_PROMPTS, chat_metrics, chat_report, perplexity
 from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
 from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
 from kerastune_lab.models import load_task
@@ -120,14 +120,7 @@ def main(config, run):
     # metrics and the report.
     run.save_model(model)
     run.write_json(CHAT_FILE, dict(chat_settings(template), sequence_length=config.sequence_length))
-    metrics = {
-        "heldout_perplexity_before": perplexity_before,
-        "heldout_perplexity_after": perplexity_after,
-        "padding_fraction_before_packing": train.padding_before,
-        "padding_fraction_after_packing": train.padding_after,
-        "train": train.summary(),
-        "heldout": heldout.summary(),
-    }
+    metrics = chat_metrics(perplexity_before, perplexity_after, train, heldout)
     run.write_json("metrics.json", metrics)
     run.write_text("report.md", report(config, metrics, prompts, before, after))
 

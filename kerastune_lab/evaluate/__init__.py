@@ -16,10 +16,15 @@ from kerastune_lab.evaluate.classification import (
     evaluate_classifier,
     write_report,
 )
-from kerastune_lab.evaluate.language import REPORT_PROMPTS, chat_report, perplexity
+from kerastune_lab.evaluate.language import (
+    REPORT_PROMPTS,
+    chat_metrics,
+    chat_report,
+    perplexity,
+)
 from kerastune_lab.evaluate.plots import plot_history, save_figure
 
 __all__ = [
-    "REPORT_PROMPTS", "chat_report", "decision_threshold", "evaluate_classifier",
+    "REPORT_PROMPTS", "chat_metrics", "chat_report", "decision_threshold", "evaluate_classifier",
     "perplexity", "plot_history", "save_figure", "write_report",
 ]

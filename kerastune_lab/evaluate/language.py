@@ -46,6 +46,21 @@ def perplexity(model, x, y, sample_weight, batch_size=8):
     return float(np.exp(total / count))
 
 
+def chat_metrics(perplexity_before, perplexity_after, train, heldout, **extra):
+    """The chat recipes' `metrics.json`: held-out perplexity before and after
+    tuning, and the figures of the packed data (`data.packing.Packed`);
+    `extra` adds the recipe's own (adapter size, ...)."""
+    return {
+        "heldout_perplexity_before": perplexity_before,
+        "heldout_perplexity_after": perplexity_after,
+        **extra,
+        "padding_fraction_before_packing": train.padding_before,
+        "padding_fraction_after_packing": train.padding_after,
+        "train": train.summary(),
+        "heldout": heldout.summary(),
+    }
+
+
 def chat_report(title, intro, config, metrics, prompts, before, after, note=""):
     """A chat recipe's report.md: `intro` (lines), held-out perplexity and
     padding before and after, the data figures, then each prompt's reply
