@@ -25,7 +25,7 @@ import shlex
 import sys
 
 from kerastune_lab import config as config_lib
-from kerastune_lab.errors import KerastuneError
+from kerastune_lab.errors import DownloadFailed, KerastuneError
 from kerastune_lab.runs import RunDir, default_run_dir, package_versions
 
 log = logging.getLogger("kerastune_lab")
@@ -119,10 +119,11 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
         # In log.txt only: the CLI prints it on stderr.
         handler.handle(logging.LogRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))
         raise
-    except KerastuneError:
-        # Bad input found once the run had started: nothing of value was
-        # written, so leave no half-made run directory behind (a resumed
-        # run keeps its directory and backup).
+    except (KerastuneError, DownloadFailed):
+        # Bad input, or a preset or dataset that could not be downloaded,
+        # found once the run had started: nothing of value was written, so
+        # leave no half-made run directory behind (a resumed run keeps its
+        # directory and backup).
         logging.getLogger("kerastune_lab").removeHandler(handler)
         handler.close()
         if not run.resumed:

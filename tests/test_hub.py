@@ -394,6 +394,7 @@ def test_cli_gated_download_fails_in_one_line(server, tmp_path, small_run):
     result = run_cli("run", recipe_path("sarcastic_chat"), "--output-dir", tmp_path / "run",
                      *small_run, env=server.env(str(tmp_path / "kagglehub")), timeout=300)
     assert_cli_download_failed(result, f"cannot download preset '{PRESET}'", *EXPECTED[403])
+    assert not os.path.exists(tmp_path / "run")  # no half-made run directory left
 
 
 @pytest.mark.parametrize("answer", [401, 404, 500, "cut", "closed"])
@@ -407,3 +408,4 @@ def test_cli_download_failure(server, kaggle, cli, tmp_path, monkeypatch, small_
                  *small_run)
     assert_cli_download_failed(result, f"cannot download preset '{PRESET}'",
                                *(NO_CONNECTION if answer == "closed" else EXPECTED[answer]))
+    assert not os.path.exists(tmp_path / "run")  # no half-made run directory left
