@@ -243,6 +243,8 @@ def fill_windows(packed, multiple):
 
 def replies(generator, prompts, shards):
     """`generator.replies(prompts)`, the batch filled up to a multiple of `shards`."""
+    if not prompts:  # report_prompts=0
+        return []
     filled = prompts + [prompts[0]] * (-len(prompts) % shards)
     return generator.replies(filled)[:len(prompts)]
 
