@@ -357,6 +357,38 @@ def test_tfds_download_failure_is_one_line(server, kaggle, tmp_path, monkeypatch
                         "no connection", "TFDS_DATA_DIR")
 
 
+def test_tfds_host_that_does_not_resolve_fails_at_once(tmp_path, monkeypatch):
+    """No proxy and a download host without an address: one line before TFDS
+    starts its download (it would retry for minutes)."""
+    import socket
+
+    import tensorflow_datasets as tfds
+
+    from kerastune_lab.data import images
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    asked = []
+
+    def no_address(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("download_and_prepare started")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_address)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(DownloadFailed) as e:
+        images.load_tfds("cats_vs_dogs", 32, 4, data_dir=data_dir)
+    assert_one_line(str(e.value), "cannot download TFDS dataset 'cats_vs_dogs' from "
+                    "download.microsoft.com: no connection (Name or service not known)",
+                    data_dir, "TFDS_DATA_DIR")
+    assert asked == ["download.microsoft.com"]
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -33,5 +33,9 @@ def tfds_load(name, split, data_dir=None, **kwargs):
 
     from kerastune_lab import hub
 
-    with hub.download_errors(f"TFDS dataset {name!r}", source="tfds", cache=data_dir):
+    what = f"TFDS dataset {name!r}"
+    builder = tfds_builder(name, data_dir)
+    if not builder.is_prepared():
+        hub.check_hosts_resolve(builder.url_infos or (), what, source="tfds", cache=data_dir)
+    with hub.download_errors(what, source="tfds", cache=data_dir):
         return tfds.load(name, split=split, data_dir=data_dir, **kwargs)

@@ -30,7 +30,12 @@ Bad input is not a download failure: a malformed handle is a
 (`models.resolve_preset`).
 """
 
-from kerastune_lab.hub.failures import download_errors, failure_message, is_offline
+from kerastune_lab.hub.failures import (
+    check_hosts_resolve,
+    download_errors,
+    failure_message,
+    is_offline,
+)
 from kerastune_lab.hub.handles import (
     CONFIG_FILE,
     HF_SCHEME,
@@ -47,7 +52,8 @@ from kerastune_lab.hub.presets import (
 )
 
 __all__ = [
-    "CONFIG_FILE", "HF_SCHEME", "KAGGLE_SCHEME", "cached_preset_folder", "download_errors",
+    "CONFIG_FILE", "HF_SCHEME", "KAGGLE_SCHEME", "cached_preset_folder", "check_hosts_resolve",
+    "download_errors",
     "failure_message", "fetch_preset", "is_offline", "kaggle_handle", "kaggle_model_url",
     "load_preset", "preset_download_errors", "preset_source",
 ]

@@ -73,6 +73,35 @@ def download_errors(what, *, source=None, preset=None, cache=None):
         raise DownloadFailed(message) from e
 
 
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                    "all_proxy")
+
+
+def check_hosts_resolve(urls, what, *, source=None, cache=None):
+    """Raises the one-line `DownloadFailed` of "no connection" at once when a
+    host of `urls` has no address, before a download starts.
+
+    TFDS retries an unreachable host with back-off for about three and a half
+    minutes before it gives up; a name that does not resolve is known in
+    milliseconds. Skipped when a proxy is set (the proxy resolves names).
+
+    Args:
+        urls: iterable of str. The URLs the download will fetch.
+        what, source, cache: as for `download_errors`.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return
+    for host in sorted({urlparse(url).hostname for url in urls} - {None}):
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as e:
+            message = failure_message(e, what, source=source, cache=cache)
+            raise DownloadFailed(message.replace(f"{what}: ", f"{what} from {host}: ", 1)) from e
+
+
 def _chain(exc):
     """`exc` and the exceptions it holds, outermost first: causes, contexts,
     urllib3's `reason`s and exceptions passed as arguments (requests wraps a
