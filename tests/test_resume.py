@@ -86,9 +86,9 @@ class _Crash(keras.callbacks.Callback):
 
 
 def _fit(model, stream, backup, epochs=3, extra=()):
-    epoch, step = backup.start("train")
-    return model.fit(stream.dataset(epoch, step), steps_per_epoch=stream.steps_per_epoch,
-                     initial_epoch=epoch, epochs=epochs, callbacks=[backup, *extra], verbose=0)
+    from kerastune_lab.training import fit_resumable
+
+    return fit_resumable(model, stream, epochs, backup, callbacks=extra, verbose=0)
 
 
 def test_backup_resumes_mid_epoch_to_the_same_weights(tmp_path):

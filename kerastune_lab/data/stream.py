@@ -2,8 +2,7 @@
 
     train = Stream(examples, num_examples=len(paths), batch_size=32, seed=1337,
                    prepare=decode, augment=augment_layers)
-    model.fit(train.dataset(epoch, step), steps_per_epoch=train.steps_per_epoch,
-              initial_epoch=epoch, epochs=5)
+    fit_resumable(model, train, epochs=5, backup=backup)   # kerastune_lab.training
 
 A tf.data `shuffle(reshuffle_each_iteration=True)` draws each epoch's order
 from a hidden state that advances every time the dataset is iterated, and

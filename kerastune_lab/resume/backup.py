@@ -1,9 +1,7 @@
 """`Backup`: the callback that backs up a run as it trains and resumes it.
 
     backup = Backup(run, save_every_steps=50)   # reads run/backup/ if a crash left one
-    epoch, step = backup.start("train")         # (0, 0), or where the backup left off
-    model.fit(stream.dataset(epoch, step), steps_per_epoch=stream.steps_per_epoch,
-              initial_epoch=epoch, epochs=5, callbacks=[backup])
+    fit_resumable(model, stream, 5, backup)      # training.fit_resumable: starts where it left off
 
 Keras' `BackupAndRestore` restores weights and optimizer but restarts an
 interrupted epoch from its first batch, writes its files in place (a crash
@@ -53,14 +51,14 @@ class Backup(keras.callbacks.Callback):
             the frozen base). Defaults to "all".
 
     Set `phase` (e.g. "head", "finetune") before each `fit` of a run with
-    several; `training.callbacks` does.
+    several; `training.fit_resumable` does.
 
     Example:
     ```python
+    from kerastune_lab.training import fit_resumable
+
     backup = Backup("runs/mine", save_every_steps=100)
-    epoch, step = backup.start("train")
-    model.fit(stream.dataset(epoch, step), steps_per_epoch=stream.steps_per_epoch,
-              initial_epoch=epoch, epochs=3, callbacks=[backup])
+    fit_resumable(model, stream, 3, backup)  # (epoch, step) from backup.start("train")
     ```
     """
 
