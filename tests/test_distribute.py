@@ -48,6 +48,7 @@ print(json.dumps(out))
 """  # noqa: E501  (a line of the script above: string content, not broken)
 
 
+@pytest.mark.large  # 8 virtual devices in a subprocess, four trainings
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on the jax backend only "
                     "(test_unavailable_distribution_is_a_clear_error checks the others refuse)")
 def test_distributed_losses_match_single_device(tmp_path):

@@ -15,6 +15,10 @@ from kerastune_lab.resume import BACKUP_FILE, STATE_FILE
 from tests.conftest import assert_one_line_error, recipe_path
 from tests.faults import run_cli_with_signal
 
+# Whole recipe runs, interrupted and resumed in subprocesses: the slowest
+# module. CI runs it; `-m "not large"` leaves it out of a quick local run.
+pytestmark = pytest.mark.large
+
 CATS = recipe_path("cats_vs_dogs")
 LORA = recipe_path("lora_chat")
 # 38 training images in batches of 16: 3 steps an epoch; 1 head epoch, 2 finetune.
