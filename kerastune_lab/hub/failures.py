@@ -229,7 +229,8 @@ def _cache_folder(source, cache=None):
     return cache, None
 
 
-def _home(path):
+def display_path(path):
+    """`path` with the home folder written as `~`."""
     home = os.path.expanduser("~")
     path = os.fspath(path)
     if home not in ("/", "") and (path == home or path.startswith(home + os.sep)):
@@ -282,7 +283,7 @@ def failure_message(exc, what, *, source=None, preset=None, cache=None):
     elif kind == "hf_offline":
         folder, variable = _cache_folder("hf", cache)
         text = (f"{head}: Hugging Face offline mode is on (HF_HUB_OFFLINE=1) and the preset is "
-                f"not in the Hugging Face cache {_home(folder)} ({variable}): unset "
+                f"not in the Hugging Face cache {display_path(folder)} ({variable}): unset "
                 "HF_HUB_OFFLINE and run the same command once online, or copy that cache from "
                 "a machine that has it")
     elif kind == "cut":
@@ -305,8 +306,9 @@ def _offline_fix(source, handle, cache):
     if folder is None:
         fix = "run the same command once online"
     else:
-        fix = (f"{kind} downloads once and is then cached in {_home(folder)} ({variable}): run "
-               "the same command once online, or copy that folder from a machine that has it")
+        fix = (f"{kind} downloads once and is then cached in {display_path(folder)} "
+               f"({variable}): run the same command once online, or copy that folder from a "
+               "machine that has it")
     if handle and len(handle[len(KAGGLE_SCHEME):].split("/")) == 4:
         fix += ("; a handle without a version asks Kaggle for its latest version each time: "
                 "add /VERSION to use the cached one offline")

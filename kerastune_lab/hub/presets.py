@@ -5,7 +5,7 @@ import contextlib
 import os
 
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.hub.failures import _home, download_errors, is_offline
+from kerastune_lab.hub.failures import display_path, download_errors, is_offline
 from kerastune_lab.hub.handles import CONFIG_FILE, HF_SCHEME, KAGGLE_SCHEME, kaggle_handle
 
 
@@ -114,7 +114,7 @@ def load_preset(load, preset):
 
     logging.getLogger("kerastune_lab").info(
         "no connection to Kaggle: loading preset %r from kagglehub's cache %s", preset,
-        _home(folder))
+        display_path(folder))
     try:
         return load(folder)
     except Exception:
