@@ -51,17 +51,7 @@ def load_with_adapter(adapter, preset=None, task_cls=None, dtype=None, **kwargs)
     causal_lm, _ = load_with_adapter("runs/lora_chat-20250101-120000/adapter.lora.h5")
     ```
     """
-    import keras_hub
-
-    from kerastune_lab.models import resolve_preset
-
-    task_cls = task_cls or keras_hub.models.CausalLM
-    metadata = read_adapter_metadata(adapter)  # a bad file fails before loading
-    preset = preset or metadata["base"]["preset"]
-    if not preset:
-        raise KerastuneError(f"adapter {os.fspath(adapter)!r} records no base preset: "
-                             "expected preset=... (--preset)")
-    preset = resolve_preset(preset, task_cls)
+    task_cls, metadata, preset = _base_of(adapter, preset, task_cls)
     task = load_quantized(task_cls, preset, metadata["quantize"], dtype=dtype, **kwargs)
     load_adapter(task, adapter)
     return task, metadata
@@ -122,18 +112,28 @@ def save_merged_preset(adapter, output, preset=None, task_cls=None):
         task_cls: the KerasHub task class to load. Defaults to
             `keras_hub.models.CausalLM`.
     """
-    import keras_hub
+    from kerastune_lab.models import from_preset
 
-    from kerastune_lab.models import from_preset, resolve_preset
-
-    task_cls = task_cls or keras_hub.models.CausalLM
-    metadata = read_adapter_metadata(adapter)  # a bad file fails before loading
-    preset = preset or metadata["base"]["preset"]
-    if not preset:
-        raise KerastuneError(f"adapter {os.fspath(adapter)!r} records no base preset: "
-                             "expected preset=...")
-    task = from_preset(task_cls, resolve_preset(preset, task_cls))
+    task_cls, _, preset = _base_of(adapter, preset, task_cls)
+    task = from_preset(task_cls, preset)
     merge_adapter(task, adapter)
     with atomic_path(output) as tmp:
         task.save_to_preset(tmp)
     return output
+
+
+def _base_of(adapter, preset, task_cls):
+    """(task class, adapter metadata, resolved base preset) of an adapter file:
+    `preset` if given, else the one the adapter records. A bad file fails
+    here, before anything loads."""
+    import keras_hub
+
+    from kerastune_lab.models import resolve_preset
+
+    task_cls = task_cls or keras_hub.models.CausalLM
+    metadata = read_adapter_metadata(adapter)
+    preset = preset or metadata["base"]["preset"]
+    if not preset:
+        raise KerastuneError(f"adapter {os.fspath(adapter)!r} records no base preset: "
+                             "expected preset=... (--preset)")
+    return task_cls, metadata, resolve_preset(preset, task_cls)
