@@ -24,18 +24,25 @@ def tfds_builder(name, data_dir=None):
         ) from None
 
 
-def tfds_load(name, split, data_dir=None, **kwargs):
-    """`tfds.load(name, split=split, data_dir=data_dir, **kwargs)`: downloads and
-    prepares the dataset once (`download_and_prepare`), then reads it. A failed
-    download (no network, refused, cut off) is one `DownloadFailed` line
-    naming the dataset and what to do."""
-    import tensorflow_datasets as tfds
+def tfds_load(builder, split, data_dir=None, **kwargs):
+    """`builder.download_and_prepare()` then `builder.as_dataset(split, **kwargs)`,
+    as `tfds.load` does, for a builder from `tfds_builder`: the dataset is
+    downloaded and prepared once, then read. A failed download (no network,
+    refused, cut off) is one `DownloadFailed` line naming the dataset and
+    what to do.
 
+    Args:
+        builder: a TFDS builder (`tfds_builder(name, data_dir)`).
+        split: str or list of str.
+        data_dir: str or None. Where the builder prepares data, named in
+            errors.
+        **kwargs: for `as_dataset` (`as_supervised`, `shuffle_files`, ...).
+    """
     from kerastune_lab import hub
 
-    what = f"TFDS dataset {name!r}"
-    builder = tfds_builder(name, data_dir)
+    what = f"TFDS dataset {builder.name!r}"
     if not builder.is_prepared():
         hub.check_hosts_resolve(builder.url_infos or (), what, source="tfds", cache=data_dir)
     with hub.download_errors(what, source="tfds", cache=data_dir):
-        return tfds.load(name, split=split, data_dir=data_dir, **kwargs)
+        builder.download_and_prepare()
+        return builder.as_dataset(split=split, **kwargs)

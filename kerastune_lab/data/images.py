@@ -257,7 +257,7 @@ def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), d
         cut = int(round(100 * (1 - val_split)))
         splits = [f"train[:{cut}%]", f"train[{cut}%:]"]
     # Files in a fixed order: the training stream shuffles them per epoch.
-    train, val = tfds_load(name, splits, data_dir, as_supervised=True, shuffle_files=False)
+    train, val = tfds_load(builder, splits, data_dir, as_supervised=True, shuffle_files=False)
     resize = lambda x, y: (tf.image.resize(x, (image_size, image_size)), tf.cast(y, "int32"))  # noqa: E731
     num_train = int(train.cardinality())
     num_val = int(val.cardinality())

@@ -201,7 +201,7 @@ def read_tfds(name, split, data_dir=None):
             f"TFDS dataset {name!r} has no {split!r} split: it has "
             f"{', '.join(builder.info.splits)}"
         )
-    ds = tfds_load(name, split, data_dir, as_supervised=True)
+    ds = tfds_load(builder, split, data_dir, as_supervised=True)
     texts, labels, empty = [], [], []
     for i, (text, y) in enumerate(tfds.as_numpy(ds)):
         text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
