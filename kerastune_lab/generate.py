@@ -151,8 +151,9 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
             base is loaded from the preset the adapter records, quantized as
             recorded, with the adapter on top).
         sampler, max_length, **sampler_args: see `ChatGenerator`.
-        adapter: str or None. A LoRA adapter file, instead of `run_dir`. The
-            template is the `chat.json` beside it, else `EOS_TEMPLATE`.
+        adapter: str or None. A LoRA adapter file or peft adapter folder,
+            instead of `run_dir`. The template is the `chat.json` beside the
+            file (inside the folder), else `EOS_TEMPLATE`.
         preset: str or None. The base preset for a LoRA run or adapter,
             instead of the one the adapter records.
 
@@ -190,7 +191,9 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
             raise KerastuneError(f"preset {preset!r}: run dir {run_dir!r} holds a whole "
                                  "model, not a LoRA adapter; leave out --preset")
     else:
-        beside = os.path.join(os.path.dirname(os.path.abspath(adapter)), CHAT_FILE)
+        # Beside an adapter file, or inside a peft adapter folder (`kerastune export`).
+        folder = adapter if os.path.isdir(adapter) else os.path.dirname(os.path.abspath(adapter))
+        beside = os.path.join(folder, CHAT_FILE)
         if os.path.exists(beside):
             with open(beside, encoding="utf-8") as f:
                 settings = json.load(f)

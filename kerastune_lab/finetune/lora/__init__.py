@@ -15,6 +15,7 @@ One module a job, every public name importable from here
     targets.py       which layers LoRA goes on (names and patterns)
     adapter_file.py  the `.lora.h5` adapter file: save, read, load onto a model
     merge.py         an adapter with its base preset: load on top, or merge in
+    peft_folder.py   the factors in peft's folder layout (written for peft, read from it)
 
 What `quantize` also needs (`backbone_of`, `layer_paths`, `abstract_weights`,
 `lora_state`) lives in `finetune/_backbone.py`, which imports neither.
@@ -33,6 +34,7 @@ from kerastune_lab.finetune.lora.adapter_file import (
     FORMAT,
     FORMAT_VERSION,
     load_adapter,
+    read_adapter_factors,
     read_adapter_metadata,
     save_adapter,
 )
@@ -46,9 +48,17 @@ from kerastune_lab.finetune.lora.layers import (
     parameter_counts,
 )
 from kerastune_lab.finetune.lora.merge import (
+    load_float_base,
     load_with_adapter,
     merge_adapter,
+    merged_model,
     save_merged_preset,
+)
+from kerastune_lab.finetune.lora.peft_folder import (
+    is_peft_folder,
+    modules_of,
+    read_peft_folder,
+    write_peft_folder,
 )
 from kerastune_lab.finetune.lora.targets import (
     ALL_TARGETS,
@@ -74,14 +84,21 @@ __all__ = [
     "count_lora_parameters",
     "enable_lora",
     "has_lora",
+    "is_peft_folder",
     "layer_paths",
     "load_adapter",
+    "load_float_base",
     "load_with_adapter",
     "lora_state",
     "merge_adapter",
+    "merged_model",
+    "modules_of",
     "parameter_counts",
+    "read_adapter_factors",
     "read_adapter_metadata",
+    "read_peft_folder",
     "save_adapter",
     "save_merged_preset",
     "target_layers",
+    "write_peft_folder",
 ]

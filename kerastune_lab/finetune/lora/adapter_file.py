@@ -10,7 +10,7 @@ path rather than by index (KerasHub issue #2701), and a JSON "metadata"
 attribute recording rank, alpha, targets, the quantize mode and the base
 (class, preset, shape config) it was trained on, so a mismatched base is a
 one-line error. Adapters are read only from h5 (arrays, no code), never
-pickle.
+pickle. `load_adapter` also reads a peft adapter folder (`peft_folder.py`).
 """
 
 import json
@@ -21,6 +21,11 @@ from keras import ops
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune._backbone import backbone_of, lora_state
 from kerastune_lab.finetune.lora.layers import enable_lora
+from kerastune_lab.finetune.lora.peft_folder import (
+    CONFIG_FILE,
+    is_peft_folder,
+    read_peft_folder,
+)
 from kerastune_lab.finetune.quantize import quantization_mode, quantize
 from kerastune_lab.runs import atomic_path
 
@@ -101,6 +106,24 @@ def read_adapter_metadata(path):
     return metadata
 
 
+def read_adapter_factors(path):
+    """Returns (metadata, {layer path: (A, B)}) of the adapter file at `path`
+    (numpy, A: (d_in, r), B: (r, d_out)), with no model."""
+    import h5py
+
+    metadata = read_adapter_metadata(path)
+    factors = {}
+    with h5py.File(path, "r") as f:
+        for layer_path in metadata["layers"]:
+            try:
+                group = f[f"layers/{layer_path}"]
+                factors[layer_path] = (group["lora_a"][()], group["lora_b"][()])
+            except KeyError:
+                raise KerastuneError(f"adapter {os.fspath(path)!r} has no weights for "
+                                     f"layer {layer_path!r}: the file is damaged") from None
+    return metadata, factors
+
+
 def check_base(metadata, backbone, path):
     """Raises unless `backbone` has the class and shape config the adapter
     at `path` (its `metadata`) was trained on."""
@@ -128,12 +151,7 @@ def read_factors(f, layer_path, factorisation, rank, path):
     except KeyError:
         raise KerastuneError(f"adapter {path!r} has no weights for layer "
                              f"{layer_path!r}: the file is damaged or for another base")
-    expected = factorisation.shapes(rank)
-    if (a.shape, b.shape) != expected:
-        raise KerastuneError(f"adapter {path!r} holds shapes {a.shape}, {b.shape} for "
-                             f"layer {layer_path!r}, but the base expects "
-                             f"{expected[0]}, {expected[1]}")
-    return a, b
+    return _checked((a, b), factorisation, rank, layer_path, path)
 
 
 def load_adapter(model, path, quantize_base=True):
@@ -145,7 +163,11 @@ def load_adapter(model, path, quantize_base=True):
 
     Args:
         model: a KerasHub backbone or task, loaded from the base preset.
-        path: str. A file written by `save_adapter`.
+        path: str. A file written by `save_adapter`, or a peft LoRA adapter
+            folder (`adapter_config.json`, `adapter_model.safetensors`: see
+            `peft_folder`) for a Llama-class base of the same shape; its
+            factors are checked against the base's layer shapes, and the
+            base is used as it is (peft records no quantize mode).
         quantize_base: bool. Quantize an unquantized base as the adapter
             records (True), or keep it as it is (False: for example a float
             base under an adapter trained on int8). A base quantized in
@@ -156,8 +178,17 @@ def load_adapter(model, path, quantize_base=True):
     """
     import h5py
 
-    metadata = read_adapter_metadata(path)
     backbone = backbone_of(model)
+    if os.path.isdir(path):
+        if not is_peft_folder(path):
+            raise KerastuneError(f"adapter {os.fspath(path)!r} is a folder without "
+                                 f"{CONFIG_FILE}: expected a {ADAPTER_SUFFIX} file or a "
+                                 "peft adapter folder")
+        metadata, factors = read_peft_folder(path, backbone)
+        _put_factors(backbone, metadata, path, lambda p, f, r: _checked(
+            factors[p], f, r, p, path))
+        return metadata
+    metadata = read_adapter_metadata(path)
     check_base(metadata, backbone, path)
     mode, recorded = quantization_mode(backbone), metadata["quantize"]
     if mode != recorded and not (mode == "none" and not quantize_base):
@@ -167,6 +198,15 @@ def load_adapter(model, path, quantize_base=True):
                                  f"quantize={mode}: load the base and quantize it "
                                  "as recorded")
         quantize(backbone, recorded)
+    with h5py.File(path, "r") as f:
+        _put_factors(backbone, metadata, path,
+                     lambda p, fac, r: read_factors(f, p, fac, r, path))
+    return metadata
+
+
+def _put_factors(backbone, metadata, path, factors_of):
+    """Enables LoRA as `metadata` records (or checks the LoRA there is) and
+    assigns A, B of each layer from `factors_of(layer path, factorisation, rank)`."""
     state = lora_state(backbone)
     if state is None:
         enable_lora(backbone, metadata["rank"], metadata["alpha"], metadata["targets"])
@@ -181,10 +221,18 @@ def load_adapter(model, path, quantize_base=True):
         raise KerastuneError(f"adapter {path!r} holds layers "
                              f"{metadata['layers'][:3]}..., which are not the model's "
                              "LoRA layers: load it onto its own base")
-    with h5py.File(path, "r") as f:
-        for layer_path, layer in state.layers.items():
-            a, b = read_factors(f, layer_path, layer.lora_factorisation, state.rank,
-                                 path)
-            layer.lora_a.assign(a)
-            layer.lora_b.assign(b)
-    return metadata
+    for layer_path, layer in state.layers.items():
+        a, b = factors_of(layer_path, layer.lora_factorisation, state.rank)
+        layer.lora_a.assign(a)
+        layer.lora_b.assign(b)
+
+
+def _checked(factors, factorisation, rank, layer_path, path):
+    """`factors` (A, B) of `layer_path`, checked against the base's shapes."""
+    a, b = factors
+    expected = factorisation.shapes(rank)
+    if (a.shape, b.shape) != expected:
+        raise KerastuneError(f"adapter {os.fspath(path)!r} holds shapes {a.shape}, "
+                             f"{b.shape} for layer {layer_path!r}, but the base expects "
+                             f"{expected[0]}, {expected[1]}")
+    return a, b

@@ -22,6 +22,7 @@ from kerastune_lab.finetune.lora.adapter_file import (
     read_factors,
 )
 from kerastune_lab.finetune.lora.layers import Factorisation
+from kerastune_lab.finetune.lora.peft_folder import is_peft_folder, peft_base_preset
 from kerastune_lab.finetune.lora.targets import PROJECTION_CLASSES
 from kerastune_lab.finetune.quantize import load_quantized, quantization_mode
 from kerastune_lab.runs import atomic_path
@@ -34,7 +35,8 @@ def load_with_adapter(adapter, preset=None, task_cls=None, dtype=None, **kwargs)
     The base is quantized while it loads (`quantize.load_quantized`).
 
     Args:
-        adapter: str. A file written by `save_adapter`.
+        adapter: str. A file written by `save_adapter`, or a peft adapter
+            folder (its base: `base_model_name_or_path`, not quantized).
         preset: str. The base preset (name, handle or folder). Defaults to
             the one the adapter records.
         task_cls: the KerasHub task class. Defaults to
@@ -53,8 +55,7 @@ def load_with_adapter(adapter, preset=None, task_cls=None, dtype=None, **kwargs)
     """
     task_cls, metadata, preset = _base_of(adapter, preset, task_cls)
     task = load_quantized(task_cls, preset, metadata["quantize"], dtype=dtype, **kwargs)
-    load_adapter(task, adapter)
-    return task, metadata
+    return task, load_adapter(task, adapter)
 
 
 def merge_adapter(model, path):
@@ -112,14 +113,31 @@ def save_merged_preset(adapter, output, preset=None, task_cls=None):
         task_cls: the KerasHub task class to load. Defaults to
             `keras_hub.models.CausalLM`.
     """
-    from kerastune_lab.models import from_preset
-
-    task_cls, _, preset = _base_of(adapter, preset, task_cls)
-    task = from_preset(task_cls, preset)
-    merge_adapter(task, adapter)
+    task = merged_model(adapter, preset, task_cls)
     with atomic_path(output) as tmp:
         task.save_to_preset(tmp)
     return output
+
+
+def load_float_base(adapter, preset=None, task_cls=None):
+    """(task, metadata): the float base an adapter file was trained on, as
+    its preset stores it (not quantized, no LoRA).
+
+    Args:
+        adapter: str. A file written by `save_adapter`.
+        preset, task_cls: as for `save_merged_preset`.
+    """
+    from kerastune_lab.models import from_preset
+
+    task_cls, metadata, preset = _base_of(adapter, preset, task_cls)
+    return from_preset(task_cls, preset), metadata
+
+
+def merged_model(adapter, preset=None, task_cls=None):
+    """The float base with `adapter` merged into its kernels (`merge_adapter`):
+    a plain KerasHub task. Arguments as for `save_merged_preset`."""
+    task, _ = load_float_base(adapter, preset, task_cls)
+    return merge_adapter(task, adapter)
 
 
 def _base_of(adapter, preset, task_cls):
@@ -131,8 +149,13 @@ def _base_of(adapter, preset, task_cls):
     from kerastune_lab.models import resolve_preset
 
     task_cls = task_cls or keras_hub.models.CausalLM
-    metadata = read_adapter_metadata(adapter)
-    preset = preset or metadata["base"]["preset"]
+    if os.path.isdir(adapter) and is_peft_folder(adapter):
+        # A peft folder: its base, not quantized; checked when it loads.
+        metadata = {"quantize": "none", "base": None}
+        preset = preset or peft_base_preset(adapter)
+    else:
+        metadata = read_adapter_metadata(adapter)
+        preset = preset or metadata["base"]["preset"]
     if not preset:
         raise KerastuneError(f"adapter {os.fspath(adapter)!r} records no base preset: "
                              "expected preset=... (--preset)")

@@ -1,0 +1,121 @@
+"""`kerastune export`: a finished run's model in a format others serve.
+
+    export_run("runs/lora_chat-1", "peft", "out/", with_base=True)
+
+| format  | runs                                   | writes |
+|---------|----------------------------------------|--------|
+| hf      | chat runs (model/), LoRA runs (merged) | a transformers folder (`hf.py`) |
+| peft    | LoRA runs                              | a peft adapter folder (`peft.py`) |
+| keras   | classification runs                    | model.keras (`serving.py`) |
+| serving | classification runs                    | SavedModel or ONNX (`serving.py`) |
+
+The output folder must not exist. Everything is written into a temporary
+folder beside it and renamed into place (`runs.atomic_path`), so a failure
+leaves nothing half-written; folders get the usual permissions (umask).
+"""
+
+import os
+import shutil
+
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.generate import ADAPTER_FILE, CHAT_FILE
+from kerastune_lab.runs import RunDir, atomic_path
+
+FORMATS = ("hf", "peft", "keras", "serving")
+_FITS = {"causal_lm": ("hf",), "lora": ("hf", "peft"),
+         "classifier": ("keras", "serving")}
+_KINDS = {"causal_lm": "a chat run (a causal LM)", "lora": "a LoRA run",
+          "classifier": "a classification run"}
+
+
+def run_kind(run):
+    """("lora" | "causal_lm" | "classifier", task class) of a finished run."""
+    import json
+
+    import keras_hub
+
+    if not os.path.isdir(run.file("model")):
+        if os.path.isfile(run.file(ADAPTER_FILE)):
+            return "lora", keras_hub.models.CausalLM
+        raise KerastuneError(f"run dir {run.path!r} has no model/ or {ADAPTER_FILE}: "
+                             "expected a finished run")
+    try:
+        with open(os.path.join(run.file("model"), "task.json"), encoding="utf-8") as f:
+            class_name = json.load(f)["class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise KerastuneError(f"run dir {run.path!r}: model/ has no readable task.json: "
+                             "expected a model saved by the run (save_to_preset)") from None
+    task_cls = getattr(keras_hub.models, class_name, None)
+    for kind, base in (("causal_lm", keras_hub.models.CausalLM),
+                       ("classifier", keras_hub.models.ImageClassifier),
+                       ("classifier", keras_hub.models.TextClassifier)):
+        if isinstance(task_cls, type) and issubclass(task_cls, base):
+            return kind, base
+    raise KerastuneError(f"run dir {run.path!r} holds a {class_name}: expected a causal LM, "
+                         "a LoRA adapter or a classifier")
+
+
+def export_run(run_dir, fmt, output, with_base=False, preset=None):
+    """Writes the model of the finished run `run_dir` to the new folder `output`.
+
+    Args:
+        run_dir: str. A finished run.
+        fmt: str. One of "hf", "peft", "keras", "serving".
+        output: str. The folder to write; must not exist.
+        with_base: bool. "peft" only: also write the base in `output/base/`.
+        preset: str or None. LoRA runs: the base preset instead of the one
+            the adapter records.
+
+    Returns:
+        `output`.
+    """
+    if fmt not in FORMATS:
+        raise KerastuneError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    output = os.fspath(output)
+    if os.path.exists(output):
+        raise KerastuneError(f"output {output!r} already exists: expected a new folder "
+                             "(remove it or choose another --output)")
+    run = RunDir.open(run_dir)
+    kind, task_cls = run_kind(run)
+    if fmt not in _FITS[kind]:
+        raise KerastuneError(f"--format {fmt} does not fit run dir {run.path!r}, "
+                             f"{_KINDS[kind]}: expected --format {' or '.join(_FITS[kind])}")
+    if with_base and fmt != "peft":
+        raise KerastuneError("--with-base: expected --format peft")
+    if preset is not None and kind != "lora":
+        raise KerastuneError(f"--preset {preset!r}: run dir {run.path!r} holds a whole "
+                             "model, not a LoRA adapter; leave out --preset")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with atomic_path(output) as tmp:
+        os.makedirs(tmp)
+        _write(run, kind, task_cls, fmt, tmp, with_base, preset, output)
+    return output
+
+
+def _write(run, kind, task_cls, fmt, folder, with_base, preset, output):
+    from kerastune_lab.export import hf, peft, serving
+
+    adapter = run.file(ADAPTER_FILE)
+    if fmt == "peft":
+        peft.save_peft(adapter, folder, with_base=with_base, preset=preset,
+                       final_path=output)
+        if os.path.isfile(run.file(CHAT_FILE)):  # for `kerastune chat --adapter DIR`
+            shutil.copy(run.file(CHAT_FILE), os.path.join(folder, CHAT_FILE))
+        return
+    if kind == "lora":
+        from kerastune_lab.finetune.lora import merged_model
+
+        model = merged_model(adapter, preset)
+    else:
+        from kerastune_lab.models import load_run_model
+
+        model = load_run_model(run, task_cls)
+    if fmt == "hf":
+        hf.save_transformers(model, folder)
+        return
+    if os.path.isfile(run.file("labels.json")):
+        shutil.copy(run.file("labels.json"), os.path.join(folder, "labels.json"))
+    if fmt == "keras":
+        serving.save_keras(model, folder)
+    else:
+        serving.save_serving(model, folder)
