@@ -75,14 +75,13 @@ def main():
 
     keras.utils.set_random_seed(1)
     start = time.perf_counter()
-    augment = images.augmentation_layers("horizontal", 0.1, 0.1, seed=1)
+    augment = images.augmentation("horizontal", 0.1, 0.1)
     data = images.load_image_folder(data_dir, augment=augment, **common)
     model = load_image_classifier(preset, num_classes=2)
     set_backbone_trainable(model, True)
     compile_classifier(model, 1e-4)
     timer = EpochTimer()
-    model.fit(data.train.dataset(), steps_per_epoch=data.train.steps_per_epoch,
-              validation_data=data.val, epochs=args.epochs, callbacks=[timer],
+    model.fit(data.train, validation_data=data.val, epochs=args.epochs, callbacks=[timer],
               verbose=0)
     plain_wall = time.perf_counter() - start
 

@@ -3,10 +3,18 @@
     data=path/to/dir        dir/<class>/*.jpg|png|bmp|gif (one subfolder a class)
     data=tfds:cats_vs_dogs  any TFDS image-classification dataset
 
+    data = load_image_data("path/to/pets", image_size=224, batch_size=32,
+                           augment=augmentation())
+    model.fit(data.train, validation_data=data.val, epochs=3)     # plain Keras
+    fit_resumable(model, data.train_stream, 3, backup=backup)     # resumable mid-epoch
+
 Files that are not images, or images that cannot be read, are skipped with a
 warning that counts them. Keras' `image_dataset_from_directory` does neither
 (it fails on the first bad file) and cannot split stratified, hence this
-module.
+module. Images are decoded and resized once and then kept (`cache.py`:
+memory when they fit, else a file), so later epochs only copy them; random
+augmentation runs per batch (`augment.py`). Every dataset has a known number
+of batches.
 """
 
 import dataclasses
@@ -16,6 +24,8 @@ import os
 import numpy as np
 
 from kerastune_lab.data import tfds_builder, tfds_load
+from kerastune_lab.data.augment import Augmentation
+from kerastune_lab.data.cache import ImageCache, decoded, file_fingerprint, fingerprint
 from kerastune_lab.data.stream import Stream
 from kerastune_lab.errors import KerastuneError
 
@@ -27,14 +37,23 @@ TFDS_PREFIX = "tfds:"
 
 @dataclasses.dataclass
 class ImageData:
-    """Training and validation pipelines with what describes them."""
+    """Training and validation pipelines with what describes them.
 
-    train: object  # stream.Stream of (float32 images 0-255, int labels), augmented
+    `train` and `val` are what `model.fit(data.train, validation_data=data.val)`
+    takes: tf.data.Datasets of (float32 images 0-255, int32 labels) batches,
+    with a known number of batches; `train` is shuffled and augmented anew
+    each epoch. `train_stream` is the same training data as a resumable
+    `stream.Stream` (epoch e a function of (seed, e)), for
+    `training.fit_resumable`.
+    """
+
+    train: object
     val: object
     class_names: list
     num_train: int
     num_val: int
     skipped: dict = dataclasses.field(default_factory=dict)
+    train_stream: object = None
 
 
 def _readable(path):
@@ -136,16 +155,33 @@ def stratified_split(labels, fraction, seed):
 
 def decode_image(contents, image_size):
     """Decodes JPEG/PNG/BMP/GIF bytes (grayscale, RGB, RGBA, 8 or 16 bit) to
-    a float32 (size, size, 3) tensor with values in 0-255."""
+    a float32 (size, size, 3) tensor with values in 0-255, rounded to whole
+    values (those `decode_uint8` gives, which the cache keeps)."""
+    import tensorflow as tf
+
+    return tf.cast(decode_uint8(contents, image_size), tf.float32)
+
+
+def decode_uint8(contents, image_size):
+    """`decode_image` as uint8: decoded, resized (bilinear), rounded."""
     import tensorflow as tf
 
     image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
     image = tf.image.resize(image, (image_size, image_size))
+    image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     return tf.ensure_shape(image, (image_size, image_size, 3))
 
 
+def augmentation(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0):
+    """Random augmentation for the training data, applied per batch in the
+    input pipeline (an `augment.Augmentation`; see there for the arguments)."""
+    return Augmentation(flip, rotation, zoom, contrast)
+
+
 def augmentation_layers(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0, seed=None):
-    """Returns Keras random-augmentation layers to apply in a tf.data map.
+    """Returns Keras random-augmentation layers, e.g. to run augmentation
+    inside a model, on the accelerator (a loader's `augment=` takes them too,
+    but `augmentation()` is several times faster there).
 
     Args:
         flip: str or None. "horizontal", "vertical", "horizontal_and_vertical"
@@ -169,82 +205,92 @@ def augmentation_layers(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0,
     return layers
 
 
-def _augment(layers):
-    # Keras preprocessing layers switch to TensorFlow ops inside tf.data on
-    # every backend when called one by one (a keras.Sequential would not).
-    def apply(images, labels):
-        for layer in layers:
-            images = layer(images, training=True)
-        return images, labels
-
-    return apply
-
-
-def pipeline(ds, batch_size, shuffle=False, augment=(), seed=None, repeat_size=None):
-    """Batches a dataset of (image, label), augmenting and prefetching."""
+def pipeline(ds, batch_size):
+    """Batches a dataset of (image, label), uint8 images cast to float32
+    after batching, and prefetches; the number of batches stays known."""
     import tensorflow as tf
 
-    if shuffle:
-        ds = ds.shuffle(repeat_size or 1024, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if augment:
-        ds = ds.map(_augment(list(augment)), num_parallel_calls=tf.data.AUTOTUNE)
+    if ds.element_spec[0].dtype == tf.uint8:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def files_dataset(paths, labels, image_size):
-    """A tf.data.Dataset of (image, label) decoded from files."""
-    return decode_files(path_dataset(paths, labels), image_size)
-
-
-def path_dataset(paths, labels):
-    """A tf.data.Dataset of (path, int32 label), not decoded."""
+def index_dataset(sources, labels):
+    """A tf.data.Dataset of (int64 index, source, int32 label), not decoded."""
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, "int32")))
+    return tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(labels), dtype="int64"), sources, np.asarray(labels, "int32")))
 
 
-def decode_files(ds, image_size):
-    """Maps a dataset of (path, label) to (image, label), dropping files that
-    fail to decode."""
+def exactly(ds, count):
+    """`ds` made exactly `count` elements long, with that cardinality: an
+    element dropped (a file that failed to decode) is made up for by
+    repeating from the start."""
     import tensorflow as tf
 
-    ds = ds.map(
-        lambda p, y: (decode_image(tf.io.read_file(p), image_size), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    # A file that passed the scan but fails to decode is dropped, not fatal.
-    return ds.ignore_errors(log_warning=True)
+    ds = ds.repeat().take(count)
+    return ds.apply(tf.data.experimental.assert_cardinality(count))
 
 
-def train_stream(paths, labels, image_size, batch_size, seed=0, augment=()):
+def files_dataset(paths, labels, image_size, cache=None):
+    """A tf.data.Dataset of (uint8 image, label) decoded from files, in order,
+    exactly `len(paths)` of them (see `exactly`), optionally kept in `cache`."""
+    decode = lambda contents: decode_uint8(contents, image_size)  # noqa: E731
+    return exactly(decoded(index_dataset(list(paths), labels), decode, _read_file, cache),
+                   len(paths))
+
+
+def _read_file(path):
+    import tensorflow as tf
+
+    return tf.io.read_file(path)
+
+
+def _cache(mode, count, image_size, key):
+    return ImageCache.create(count, image_size, key, mode=mode)
+
+
+def train_stream(paths, labels, image_size, batch_size, seed=0, augment=(), cache="auto"):
     """The training images as a resumable `Stream`: shuffled (paths, cheaply)
-    and augmented as a function of (seed, epoch), decoded after shuffling."""
-    return Stream(path_dataset(paths, labels), len(paths), batch_size, seed,
-                  prepare=lambda ds: decode_files(ds, image_size), augment=augment)
+    and augmented as a function of (seed, epoch), decoded after shuffling,
+    and kept decoded (`cache`: "auto", "memory", "file" or "none")."""
+    store = _cache(cache, len(paths), image_size, file_fingerprint(paths, image_size))
+    decode = lambda contents: decode_uint8(contents, image_size)  # noqa: E731
+    stream = Stream(index_dataset(list(paths), labels), len(paths), batch_size, seed,
+                    prepare=lambda ds: decoded(ds, decode, _read_file, store), augment=augment)
+    stream.cache = store
+    return stream
 
 
-def load_image_folder(root, image_size, batch_size, val_split=0.2, seed=0, augment=()):
+def load_image_folder(root, image_size, batch_size, val_split=0.2, seed=0, augment=(),
+                      cache="auto"):
     """Loads a class-subfolder tree with a stratified validation split."""
     paths, labels, class_names, skipped = scan_image_folder(root)
     if not 0 < val_split < 1:
         raise KerastuneError(f"val_split={val_split}: expected a fraction between 0 and 1")
     train_idx, val_idx = stratified_split(labels, val_split, seed)
     take = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
-    val = files_dataset(*take(val_idx), image_size)
+    val_paths, _ = take(val_idx)
+    val_cache = _cache(cache, len(val_idx), image_size, file_fingerprint(val_paths, image_size))
+    stream = train_stream(*take(train_idx), image_size, batch_size, seed, augment, cache)
     return ImageData(
-        train=train_stream(*take(train_idx), image_size, batch_size, seed, augment),
-        val=pipeline(val, batch_size),
+        train=stream.as_dataset(),
+        val=pipeline(files_dataset(*take(val_idx), image_size, val_cache), batch_size),
         class_names=class_names,
         num_train=len(train_idx),
         num_val=len(val_idx),
         skipped=skipped,
+        train_stream=stream,
     )
 
 
-def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), data_dir=None):
+def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), data_dir=None,
+              cache="auto"):
     """Loads a TFDS image-classification dataset (`tfds:NAME`, downloads once)."""
     import tensorflow as tf
+    import tensorflow_datasets as tfds
 
     builder = tfds_builder(name, data_dir)
     info = builder.info
@@ -256,27 +302,50 @@ def load_tfds(name, image_size, batch_size, val_split=0.2, seed=0, augment=(), d
     else:
         cut = int(round(100 * (1 - val_split)))
         splits = [f"train[:{cut}%]", f"train[{cut}%:]"]
+    image_key = (info.supervised_keys or ("image",))[0]
     # Files in a fixed order: the training stream shuffles them per epoch.
-    train, val = tfds_load(builder, splits, data_dir, as_supervised=True, shuffle_files=False)
-    resize = lambda x, y: (tf.image.resize(x, (image_size, image_size)), tf.cast(y, "int32"))  # noqa: E731
+    # The images stay encoded (a few kB each in the shuffle buffer) and are
+    # decoded once, into the cache.
+    train, val = tfds_load(builder, splits, data_dir, as_supervised=True, shuffle_files=False,
+                           decoders={image_key: tfds.decode.SkipDecoding()})
     num_train = int(train.cardinality())
     num_val = int(val.cardinality())
-    val = val.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+    decode = lambda contents: decode_uint8(contents, image_size)  # noqa: E731
+
+    def indexed(ds, split, count):
+        key = fingerprint("tfds", name, str(builder.version), split, image_size, data_dir)
+        store = _cache(cache, count, image_size, key)
+        ds = ds.enumerate().map(lambda i, example: (i, example[0], tf.cast(example[1], tf.int32)))
+        return ds, (lambda d: decoded(d, decode, None, store))
+
+    train, prepare = indexed(train, splits[0], num_train)
+    val, prepare_val = indexed(val, splits[1], num_val)
+    stream = Stream(train, num_train, batch_size, seed, augment=augment, shuffle_buffer=1024,
+                    prepare=prepare)
     return ImageData(
-        train=Stream(train, num_train, batch_size, seed, augment=augment, shuffle_buffer=1024,
-                     prepare=lambda ds: ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)),
-        val=pipeline(val, batch_size),
+        train=stream.as_dataset(),
+        val=pipeline(exactly(prepare_val(val), num_val), batch_size),
         class_names=class_names,
         num_train=num_train,
         num_val=num_val,
+        train_stream=stream,
     )
 
 
-def load_image_data(data, image_size, batch_size, val_split=0.2, seed=0, augment=()):
-    """Loads `data`: 'tfds:NAME' or a folder of class subfolders."""
+def load_image_data(data, image_size, batch_size, val_split=0.2, seed=0, augment=(),
+                    cache="auto"):
+    """Loads `data`: 'tfds:NAME' or a folder of class subfolders.
+
+    Returns an `ImageData`: `model.fit(data.train, validation_data=data.val,
+    epochs=3)` trains on it as on any Keras dataset; `data.train_stream` is
+    the resumable form. `augment` is an `augmentation()` (or Keras layers);
+    `cache` is "auto" (decoded images in memory when they fit, else in a
+    file under `$KERASTUNE_CACHE/images`), "memory", "file" or "none".
+    """
     if data.startswith(TFDS_PREFIX):
-        return load_tfds(data[len(TFDS_PREFIX):], image_size, batch_size, val_split, seed, augment)
-    return load_image_folder(data, image_size, batch_size, val_split, seed, augment)
+        return load_tfds(data[len(TFDS_PREFIX):], image_size, batch_size, val_split, seed,
+                         augment, cache=cache)
+    return load_image_folder(data, image_size, batch_size, val_split, seed, augment, cache)
 
 
 def load_images(paths, image_size):

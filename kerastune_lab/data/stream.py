@@ -13,7 +13,14 @@ continues. Here epoch e is the examples shuffled with a seed made of
 (seed, e), batched, and each batch augmented with a seed made of
 (seed, e, batch index): `dataset(epoch, step)` starts at batch `step` of
 epoch `epoch` and yields exactly the batches an uninterrupted run sees
-from there. It is endless: give `fit` `steps_per_epoch`.
+from there. It is endless: give `fit` `steps_per_epoch`
+(`training.fit_resumable` does).
+
+For a plain `model.fit(data.train, validation_data=data.val, epochs=3)`,
+`as_dataset()` is one epoch of the same pipeline with a known number of
+batches (so Keras neither asks for `steps_per_epoch` nor warns that the
+input ran out of data), and each time Keras iterates it, a new epoch: the
+epoch's number is drawn from a random sequence seeded with `seed`.
 """
 
 import math
@@ -33,8 +40,11 @@ class Stream:
         seed: int. Shuffling and augmentation seed.
         prepare: callable or None. `prepare(dataset)` maps the shuffled
             examples to model inputs (decoding files), before batching.
-        augment: list of Keras random preprocessing layers, applied to each
-            batch's first element (images) with a seed of its own.
+        augment: an `augment.Augmentation` (or any callable
+            `augment(images, key)`), or a list of Keras random preprocessing
+            layers, applied to each batch's first element (images) with a
+            seed of its own. Images prepared as uint8 are batched as uint8
+            (4 times less to copy) and come out as float32 0-255.
         shuffle_buffer: int or None. Shuffle buffer; defaults to
             `num_examples` (a full shuffle: keep `examples` small, e.g. paths).
     """
@@ -46,7 +56,7 @@ class Stream:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.prepare = prepare
-        self.augment = list(augment or ())
+        self.augment = augment if callable(augment) else list(augment or ())
         self.shuffle_buffer = shuffle_buffer or max(self.num_examples, 1)
 
     def __repr__(self):
@@ -69,29 +79,53 @@ class Stream:
         """The endless tf.data.Dataset of batches from batch `step` of epoch `epoch`."""
         import tensorflow as tf
 
-        seed, steps = self.seed, self.steps_per_epoch
+        ds = tf.data.Dataset.counter(int(epoch)).flat_map(self._one_epoch).skip(int(step))
+        return self._finish(ds)
 
-        def one_epoch(e):
-            # The epoch's order depends on (seed, e) only, not on TensorFlow's
-            # global seed (with which a tensor seed fails when it is 0).
-            tf.compat.v1.get_default_graph().seed = None
-            ds = self.examples.shuffle(self.shuffle_buffer, seed=seed * EPOCH_STRIDE + e,
-                                       reshuffle_each_iteration=False)
-            if self.prepare is not None:
-                ds = self.prepare(ds)
-            # Exactly `steps` batches an epoch, even if `prepare` dropped an
-            # unreadable file, so that epochs never shift.
-            ds = ds.batch(self.batch_size).repeat().take(steps)
-            return ds.enumerate().map(lambda i, batch: (e, i, batch))
+    def as_dataset(self):
+        """One epoch of batches, `steps_per_epoch` of them, for a plain
+        `model.fit(dataset, epochs=...)`: each iteration is a new epoch,
+        shuffled and augmented anew (see the module docstring)."""
+        import tensorflow as tf
 
-        ds = tf.data.Dataset.counter(int(epoch)).flat_map(one_epoch).skip(int(step))
-        augment = self.augment
+        epochs = tf.data.Dataset.random(seed=self.seed, rerandomize_each_iteration=True)
+        # Epoch numbers past any real one, so that no shuffle seed repeats.
+        epochs = epochs.take(1).map(lambda r: EPOCH_STRIDE + tf.math.floormod(r, 2 ** 31))
+        ds = self._finish(epochs.flat_map(self._one_epoch))
+        return ds.apply(tf.data.experimental.assert_cardinality(self.steps_per_epoch))
+
+    def _one_epoch(self, e):
+        import tensorflow as tf
+
+        # The epoch's order depends on (seed, e) only, not on TensorFlow's
+        # global seed (with which a tensor seed fails when it is 0).
+        tf.compat.v1.get_default_graph().seed = None
+        ds = self.examples.shuffle(self.shuffle_buffer, seed=self.seed * EPOCH_STRIDE + e,
+                                   reshuffle_each_iteration=False)
+        if self.prepare is not None:
+            ds = self.prepare(ds)
+        # Exactly `steps` batches an epoch, even if `prepare` dropped an
+        # unreadable file, so that epochs never shift.
+        ds = ds.batch(self.batch_size).repeat().take(self.steps_per_epoch)
+        return ds.enumerate().map(lambda i, batch: (e, i, batch))
+
+    def _finish(self, ds):
+        import tensorflow as tf
+
+        seed, augment = self.seed, self.augment
 
         def finish(e, i, batch):
-            if not augment:
+            if not isinstance(batch, tuple):
                 return batch
+            images = batch[0]
             key = tf.stack([tf.cast(seed, tf.int64), e * EPOCH_STRIDE + i])
-            return (augment_with_seed(augment, batch[0], key),) + tuple(batch[1:])
+            if augment and callable(augment):  # takes uint8, returns float32
+                images = augment(images, key)
+            elif getattr(images, "dtype", None) == tf.uint8:
+                images = tf.cast(images, tf.float32)
+            if augment and not callable(augment):
+                images = augment_with_seed(augment, images, key)
+            return (images,) + tuple(batch[1:])
 
         ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)

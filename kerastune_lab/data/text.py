@@ -49,11 +49,15 @@ class TextData:
     """Training, validation and test pipelines with what describes them.
 
     The pipelines yield batches of (string texts, int32 labels); a KerasHub
-    text classifier tokenises them itself. The test texts and labels are kept
-    as lists for evaluation.
+    text classifier tokenises them itself. They have a known number of
+    batches: `model.fit(data.train, validation_data=data.val, epochs=3)`
+    trains on them as on any Keras dataset (`train` is shuffled anew each
+    epoch). `train_stream` is the training data as a resumable
+    `stream.Stream`, for `training.fit_resumable`. The test texts and labels
+    are kept as lists for evaluation.
     """
 
-    train: object  # stream.Stream of (string, int32), resumable
+    train: object
     val: object  # tf.data.Dataset or None (val_split=0)
     test: object  # tf.data.Dataset
     class_names: list
@@ -64,6 +68,7 @@ class TextData:
     num_val: int
     num_test: int
     dropped_empty: dict = dataclasses.field(default_factory=dict)  # {"train": n, "test": n}
+    train_stream: object = None
 
 
 def _decode(raw, path):
@@ -329,8 +334,9 @@ def load_text_data(data, test_data="", text_column="text", label_column="label",
     if val_split:
         texts, val_texts, labels, val_labels = _split(texts, labels, val_split, seed,
                                                       "val_split", data)
+    stream = text_stream(texts, labels, batch_size, seed)
     return TextData(
-        train=text_stream(texts, labels, batch_size, seed),
+        train=stream.as_dataset(),
         val=text_dataset(val_texts, val_labels, batch_size) if val_split else None,
         test=text_dataset(test_texts, test_labels, batch_size),
         class_names=list(class_names),
@@ -341,6 +347,7 @@ def load_text_data(data, test_data="", text_column="text", label_column="label",
         num_val=len(val_texts),
         num_test=len(test_texts),
         dropped_empty=dropped,
+        train_stream=stream,
     )
 
 

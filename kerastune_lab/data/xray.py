@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from kerastune_lab.data import images
+from kerastune_lab.data.cache import ImageCache, file_fingerprint
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune.class_weights import oversample as oversample_indices
 
@@ -36,9 +37,16 @@ CHEST_XRAY_CLASSES = ("NORMAL", "PNEUMONIA")
 
 @dataclasses.dataclass
 class SplitData:
-    """Training, validation and test pipelines with what describes them."""
+    """Training, validation and test pipelines with what describes them.
 
-    train: object  # stream.Stream of (float32 images 0-255, int labels), shuffled, batched
+    `train`, `val` and `test` are tf.data.Datasets of (float32 images 0-255,
+    int32 labels) batches with a known number of batches, for a plain
+    `model.fit(data.train, validation_data=data.val)`; `train` is shuffled
+    and augmented anew each epoch. `train_stream` is the training data as a
+    resumable `stream.Stream`, for `training.fit_resumable`.
+    """
+
+    train: object
     val: object
     test: object  # in file order, not augmented
     class_names: list
@@ -46,6 +54,7 @@ class SplitData:
     counts: dict  # {"train"|"val"|"test": {class name: images}} used, before oversampling
     validation: dict  # where validation comes from, and why
     skipped: dict  # {split folder: {"not_image": n, "unreadable": n}}
+    train_stream: object = None
 
     @property
     def num_train(self):
@@ -94,7 +103,8 @@ def _count_files(folder):
 
 
 def load_split_tree(root, image_size, batch_size, required=CHEST_XRAY_CLASSES,
-                    min_val_images=100, val_split=0.1, oversample=False, seed=0, augment=()):
+                    min_val_images=100, val_split=0.1, oversample=False, seed=0, augment=(),
+                    cache="auto"):
     """Loads a train/val/test tree of class folders.
 
     Args:
@@ -110,7 +120,11 @@ def load_split_tree(root, image_size, batch_size, required=CHEST_XRAY_CLASSES,
         oversample: bool. Repeat training examples of rare classes until every
             class is as frequent as the largest. Defaults to False.
         seed: int. Shuffling, carving and oversampling. Defaults to 0.
-        augment: list of Keras preprocessing layers, for training data only.
+        augment: an `images.augmentation()` (or Keras preprocessing
+            layers), for training data only.
+        cache: str. Where decoded training and validation images are kept:
+            "auto" (memory when they fit, else a file), "memory", "file" or
+            "none". Defaults to "auto".
     """
     folders, class_names = split_class_names(root, required)
     skipped = {}
@@ -161,10 +175,14 @@ def load_split_tree(root, image_size, batch_size, required=CHEST_XRAY_CLASSES,
         log.info("oversampled training data to %d images: %s each", len(train_labels),
                  int(np.sum(train_labels == 0)))
 
+    stream = images.train_stream(train_paths, train_labels, image_size, batch_size, seed,
+                                 augment, cache)
+    val_cache = ImageCache.create(len(val_paths), image_size, mode=cache,
+                                  key=file_fingerprint(val_paths, image_size))
     return SplitData(
-        train=images.train_stream(train_paths, train_labels, image_size, batch_size, seed,
-                                  augment),
-        val=images.pipeline(images.files_dataset(val_paths, val_labels, image_size), batch_size),
+        train=stream.as_dataset(),
+        val=images.pipeline(images.files_dataset(val_paths, val_labels, image_size, val_cache),
+                            batch_size),
         test=images.pipeline(images.files_dataset(test_paths, test_labels, image_size),
                              batch_size),
         class_names=class_names,
@@ -172,5 +190,6 @@ def load_split_tree(root, image_size, batch_size, required=CHEST_XRAY_CLASSES,
         counts=counts,
         validation=validation,
         skipped=skipped,
+        train_stream=stream,
     )
 
