@@ -5,8 +5,11 @@ Keras reads `KERAS_BACKEND` once, when it is first imported. The CLI calls
 `KERAS_BACKEND` environment variable, else jax.
 """
 
+import dataclasses
 import importlib.util
 import os
+import re
+import subprocess
 import sys
 
 from kerastune_lab.errors import KerastuneError
@@ -15,12 +18,13 @@ DEFAULT_BACKEND = "jax"
 
 # backend name -> (module that must be importable, how to install it)
 BACKENDS = {
-    "jax": ("jax", "pip install jax  (GPU: pip install 'jax[cuda12]')"),
+    "jax": ("jax", "pip install jax, or the project's extra: pip install -e '.[jax]'  "
+                   "(NVIDIA GPU: '.[jax-cuda12]')"),
     "tensorflow": ("tensorflow", "pip install tensorflow  (GPU: 'tensorflow[and-cuda]')"),
     "torch": (
         "torch",
-        "pip install torch  (CPU only: pip install torch==2.13.0 "
-        "--index-url https://download.pytorch.org/whl/cpu)",
+        "pip install torch, or the project's extra: pip install -e '.[torch]'  (CPU only: "
+        "pip install torch --index-url https://download.pytorch.org/whl/cpu)",
     ),
 }
 
@@ -65,6 +69,9 @@ def use_backend(flag=None):
     os.environ["KERAS_BACKEND"] = name
     # Keep TensorFlow (used for tf.data on every backend) off the GPU unless it
     # is the backend, so it does not grab the memory JAX or torch will need.
+    from kerastune_lab.console import quiet_startup
+
+    quiet_startup()  # no TensorFlow/absl C++ start-up lines (kerastune_lab/console.py)
     if name != "tensorflow":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return name
@@ -102,3 +109,184 @@ def list_devices():
     elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         devices.append("mps:0")
     return devices
+
+
+# --- the accelerator: what it is, and the precision that fits it -----------
+#
+# Each framework describes its devices its own way; the `*_devices` functions
+# turn those descriptions into `Device`s, so tests can hand them fakes.
+
+# CUDA compute capability by GPU name, for a description that lacks it.
+CAPABILITIES = {
+    "H200": (9, 0), "H100": (9, 0), "GH200": (9, 0), "L40": (8, 9), "L4": (8, 9),
+    "RTX 40": (8, 9), "A100": (8, 0), "A10": (8, 6), "A40": (8, 6), "RTX 30": (8, 6),
+    "T4": (7, 5), "RTX 20": (7, 5), "V100": (7, 0), "P100": (6, 0), "P4": (6, 1),
+    "K80": (3, 7),
+}
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """One device a backend trains on.
+
+    Args:
+        kind: str. "gpu", "tpu", "mps" or "cpu".
+        name: str. The model, e.g. "Tesla T4", "TPU v3", "cpu".
+        memory: int or None. Bytes the framework may use on it, if known.
+        capability: (major, minor) or None. CUDA compute capability of a GPU.
+    """
+
+    kind: str
+    name: str
+    memory: int | None = None
+    capability: tuple | None = None
+
+
+def capability_from_name(name):
+    """The CUDA compute capability of a GPU model name, or None if unknown."""
+    upper = name.upper()
+    for key in sorted(CAPABILITIES, key=len, reverse=True):  # "L40" before "L4"
+        if re.search(rf"(^|[^A-Z0-9]){re.escape(key)}([^0-9]|$)", upper):
+            return CAPABILITIES[key]
+    return None
+
+
+def _capability(value, name):
+    if isinstance(value, str) and re.fullmatch(r"\d+\.\d+", value):
+        value = tuple(int(v) for v in value.split("."))
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return tuple(int(v) for v in value)
+    return capability_from_name(name)
+
+
+def jax_devices(devices):
+    """`Device`s from `jax.devices()`: `platform`, `device_kind`,
+    `memory_stats()["bytes_limit"]` and, on CUDA, `compute_capability`."""
+    out = []
+    for d in devices:
+        kind = {"cuda": "gpu", "rocm": "gpu"}.get(d.platform, d.platform)
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # a backend without memory statistics
+            stats = {}
+        capability = _capability(getattr(d, "compute_capability", None), d.device_kind)
+        out.append(Device(kind, d.device_kind, stats.get("bytes_limit"),
+                          capability if kind == "gpu" else None))
+    return out
+
+
+def torch_devices(properties):
+    """`Device`s from `torch.cuda.get_device_properties(i)` of each GPU."""
+    return [Device("gpu", p.name, p.total_memory, (p.major, p.minor)) for p in properties]
+
+
+def tensorflow_devices(details):
+    """`Device`s from (`device_type`, `tf.config.experimental.get_device_details`)
+    of each GPU or TPU; `memory` from `nvidia_smi_memory` where given."""
+    out = []
+    for device_type, info in details:
+        kind = device_type.lower()
+        name = info.get("device_name") or device_type
+        capability = _capability(info.get("compute_capability"), name) if kind == "gpu" else None
+        out.append(Device(kind, name, info.get("memory"), capability))
+    return out
+
+
+def nvidia_smi_memory(text):
+    """Bytes of each GPU from `nvidia-smi --query-gpu=memory.total
+    --format=csv,noheader,nounits` (MiB, one line a GPU)."""
+    return [int(float(line)) * 2**20 for line in text.split() if line.strip()]
+
+
+def _nvidia_smi():
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10)
+        return nvidia_smi_memory(result.stdout) if result.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+
+
+def accelerators():
+    """The `Device`s the current backend trains on; [cpu] without an accelerator."""
+    import keras
+
+    name = keras.backend.backend()
+    found = []
+    if name == "jax":
+        import jax
+
+        found = jax_devices(jax.devices())
+    elif name == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            found = torch_devices([torch.cuda.get_device_properties(i)
+                                   for i in range(torch.cuda.device_count())])
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            found = [Device("mps", "Apple GPU (mps)")]
+    elif name == "tensorflow":
+        import tensorflow as tf
+
+        listed = [d for d in tf.config.list_physical_devices() if d.device_type in ("GPU", "TPU")]
+        details = [(d.device_type, dict(tf.config.experimental.get_device_details(d)))
+                   for d in listed]
+        memory = _nvidia_smi() if any(t == "GPU" for t, _ in details) else []
+        for (device_type, info), size in zip([d for d in details if d[0] == "GPU"], memory):
+            info["memory"] = size
+        found = tensorflow_devices(details)
+    return [d for d in found if d.kind != "cpu"] or found or [Device("cpu", "cpu")]
+
+
+def describe(devices):
+    """One line, e.g. "gpu: 2 x Tesla T4, 14.7 GiB each, compute capability 7.5"."""
+    first = devices[0]
+    if first.kind == "cpu":
+        count = f"{len(devices)} devices, " if len(devices) > 1 else ""
+        return f"cpu ({count}{os.cpu_count()} cores)"
+    names = sorted({d.name for d in devices})
+    line = f"{first.kind}: {len(devices)} x {' + '.join(names)}"
+    if first.memory:
+        line += f", {first.memory / 2**30:.1f} GiB" + (" each" if len(devices) > 1 else "")
+    if first.capability:
+        line += f", compute capability {first.capability[0]}.{first.capability[1]}"
+    return line
+
+
+def auto_precision(devices):
+    """The Keras dtype policy that fits `devices`, and why.
+
+    bfloat16 on TPUs and on GPUs of compute capability 8.0 or more (Ampere
+    and later); float16 (Keras adds loss scaling when it compiles) on V100 and
+    T4 (7.x) and P100 (6.0); float32 on a CPU, on older GPUs and on GPUs of
+    unknown capability.
+    """
+    kinds = {d.kind for d in devices}
+    if kinds == {"tpu"}:
+        return "mixed_bfloat16", "TPU"
+    if kinds == {"cpu"}:
+        return "float32", "CPU"
+    if kinds != {"gpu"}:
+        return "float32", f"{' + '.join(sorted(d.name for d in devices))}"
+    capabilities = [d.capability for d in devices]
+    if None in capabilities:
+        return "float32", "a GPU of unknown compute capability"
+    low = min(capabilities)
+    why = f"compute capability {low[0]}.{low[1]}"
+    if low >= (8, 0):
+        return "mixed_bfloat16", why
+    if low >= (7, 0) or low == (6, 0):
+        return "mixed_float16", why
+    return "float32", why + ": no fast 16-bit arithmetic"
+
+
+def choose_precision(requested, devices):
+    """(policy, reason): `requested` unless it is "auto", then `auto_precision`."""
+    if requested not in PRECISIONS:
+        raise KerastuneError(f"precision={requested!r}: expected one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested, "set in the config"
+    policy, why = auto_precision(devices)
+    return policy, f"auto: {why}"

@@ -2,7 +2,8 @@
 rematerialisation for long sequences.
 
     distribute=none   one device
-    distribute=data   keras.distribution.DataParallel over every device
+    distribute=data   keras.distribution.DataParallel over every device (all 8
+                      cores of a TPU v3-8, every GPU)
     distribute=model  keras.distribution.ModelParallel on a (batch, model)
                       mesh with the backbone's own layout map
                       (`Backbone.get_layout_map`, e.g. Llama, Gemma, Qwen)

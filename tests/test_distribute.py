@@ -126,3 +126,40 @@ def test_recipe_refuses_a_model_axis_that_does_not_divide_the_weights(tmp_path):
     assert_one_line_error(result, "model_parallel=8: the weight transformer_layer_0/",
                           "does not split evenly; sizes that fit 8 devices: 4")
     assert not os.path.exists(tmp_path / "run")
+
+
+DATA_SCRIPT = r"""
+import json
+import numpy as np
+import keras
+from kerastune_lab.distribute import make_distribution
+
+dist = make_distribution("data")
+keras.distribution.set_distribution(dist)
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+model.compile("sgd", "mse")
+model.fit(np.ones((16, 4), "float32"), np.ones((16, 2), "float32"), batch_size=16, verbose=0)
+kernel = model.layers[0].kernel.value
+layout = dist.get_data_layout((16, 4))
+print(json.dumps({
+    "devices": [str(d) for d in keras.distribution.list_devices()],
+    "mesh": list(dist.device_mesh.shape), "mesh_devices": [str(d) for d in
+                                                            dist.device_mesh.devices.ravel()],
+    "batch_axis": layout.axes[0], "kernel_devices": len(kernel.sharding.device_set)}))
+"""
+
+
+@pytest.mark.large  # 8 virtual devices in a subprocess
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on the jax backend only")
+def test_data_parallel_uses_every_device():
+    # What a TPU v3-8 gives jax: 8 devices (cores); distribute=data puts the
+    # batch over all 8 and a copy of each weight on each.
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-c", DATA_SCRIPT], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["devices"]) == 8
+    assert out["mesh"] == [8] and sorted(out["mesh_devices"]) == sorted(out["devices"])
+    assert out["batch_axis"] == "batch"
+    assert out["kernel_devices"] == 8
