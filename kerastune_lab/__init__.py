@@ -10,6 +10,12 @@ CLI) can still choose the backend first:
 
 __version__ = "0.1.0"
 
+# TensorFlow's and absl's C++ start-up lines stay off the console for a
+# script or notebook that imports the library, as for the CLI.
+from kerastune_lab import console as _console  # noqa: E402  (stdlib only)
+
+_console.quiet_startup()
+
 _LAZY = {"load_classifier": "kerastune_lab.classifier"}
 
 

@@ -10,8 +10,6 @@ class names in `labels.json`), not the training data, and works on any
 backend whatever the backend the run trained on.
 """
 
-import warnings
-
 import numpy as np
 
 from kerastune_lab.errors import KerastuneError
@@ -100,8 +98,7 @@ def load_classifier(run_dir, batch_size=32):
         class_names = run.read_json("labels.json")
     except FileNotFoundError:
         raise KerastuneError(f"run dir {run.path!r} holds no labels.json: was the run finished?")
-    with warnings.catch_warnings():
-        # The saved task carries its optimizer's state, which predicting needs not.
-        warnings.filterwarnings("ignore", message=r"Skipping variable loading for optimizer")
-        model = load_run_model(run, keras_hub.models.TextClassifier)
+    # For inference: uncompiled, so the saved optimizer state has nowhere to go
+    # (and no "Skipping variable loading for optimizer" warning).
+    model = load_run_model(run, keras_hub.models.TextClassifier, compile=False)
     return TextClassifierPipeline(model, class_names, batch_size)

@@ -58,8 +58,11 @@ def _setup_logging():
 
 
 def _select(flag):
+    from kerastune_lab.console import filtered_stderr
+
     name = backend_lib.use_backend(flag)
-    backend_lib.hide_gpus_from_tensorflow()
+    with filtered_stderr():  # TensorFlow's device probe logs "failed call to cuInit" in C++
+        backend_lib.hide_gpus_from_tensorflow()
     return name
 
 
@@ -69,8 +72,8 @@ def cli():
     _setup_logging()
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@cli.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("recipe", type=click.Path(dir_okay=False), required=False)
 @BACKEND_OPTION
 @click.option("--smoke", is_flag=True,
               help="Tiny offline preset, small generated data, short schedule.")
@@ -78,12 +81,36 @@ def cli():
               help="Run directory. Defaults to runs/<recipe>-<UTC time>. An unfinished "
                    "run there with the same config is resumed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--help", "-h", "show_help", is_flag=True,
+              help="Show this message; with RECIPE, its launch lines and config keys.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-def run(recipe, backend, smoke, output_dir, overwrite, overrides):
-    """Run RECIPE (a recipe file) with KEY=VALUE config overrides."""
+@click.pass_context
+def run(ctx, recipe, backend, smoke, output_dir, overwrite, show_help, overrides):
+    """Run RECIPE (a recipe file) with KEY=VALUE config overrides.
+
+    `kerastune run RECIPE --help` lists the recipe's launch lines and its
+    config keys with their types, defaults and comments.
+    """
+    from kerastune_lab import recipe_file
+
+    if show_help:
+        text = recipe_file.help_text(recipe_file.read(recipe)) if recipe is not None else None
+        click.echo(ctx.get_help())
+        if text:
+            click.echo("\n" + text)
+        return
+    if recipe is None:
+        raise click.UsageError("missing argument RECIPE (a recipe file, e.g. "
+                               "recipes/cats_vs_dogs.py)")
     for item in overrides:
         if item.startswith("-"):
             raise click.UsageError(f"unknown option {item!r}")
+    # What can be checked without Keras, before it loads (seconds): the
+    # recipe file, the keys, types and ranges of the overrides, a data=
+    # path, the run folder. The backend name first, as it is the cheapest.
+    backend_lib.resolve_backend(backend)
+    recipe_file.precheck(recipe, overrides, smoke=smoke, output_dir=output_dir,
+                         overwrite=overwrite)
     _select(backend)
     from kerastune_lab.recipe import run_recipe
 
@@ -104,8 +131,10 @@ def predict(run_dir, images, texts, backend):
     For --text, one line a text: [{"label": ..., "score": ...}] as JSON.
     """
     if bool(images) == bool(texts):
-        raise click.UsageError("give image files or --text, not both" if images
-                               else "give image files or --text TEXT")
+        raise KerastuneError(
+            f"predict {run_dir}: give image files or --text, not both" if images else
+            f"predict {run_dir}: nothing to predict: give image files or --text TEXT "
+            "(kerastune predict RUN_DIR IMAGE ...)")
     _select(backend)
     if texts:
         import json
@@ -124,8 +153,8 @@ def predict(run_dir, images, texts, backend):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(), required=False)
-@click.option("--adapter", default=None, type=click.Path(dir_okay=False),
-              help="A LoRA adapter file (.lora.h5), instead of RUN_DIR.")
+@click.option("--adapter", default=None, type=click.Path(),
+              help="A LoRA adapter file (.lora.h5) or peft adapter folder, instead of RUN_DIR.")
 @click.option("--preset", default=None,
               help="The base preset under a LoRA adapter. Defaults to the one it records.")
 @click.option("--sampler", default="top_p", show_default=True,
@@ -212,6 +241,29 @@ def merge(run_dir, output, preset, backend):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
+@click.option("--format", "-f", "fmt", required=True,
+              type=click.Choice(["hf", "peft", "keras", "serving"]),
+              help="hf: transformers folder (LoRA merged); peft: adapter folder (LoRA runs); "
+                   "keras: model.keras, serving: SavedModel/ONNX (classification runs).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="The folder to write; must not exist.")
+@click.option("--with-base", is_flag=True,
+              help="--format peft: also write the float base as a transformers folder "
+                   "in OUTPUT/base/.")
+@click.option("--preset", default=None,
+              help="LoRA runs: the base preset. Defaults to the one the adapter records.")
+@BACKEND_OPTION
+def export(run_dir, fmt, output, with_base, preset, backend):
+    """Write the model of RUN_DIR where other tools read it: a transformers
+    folder, a peft adapter, a .keras file or a serving export."""
+    _select(backend)
+    from kerastune_lab.export import export_run
+
+    click.echo(export_run(run_dir, fmt, output, with_base=with_base, preset=preset))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
 @click.option("--data", "-d", required=True, type=click.Path(),
               help="A folder with one subfolder per class (e.g. chest_xray/test).")
 @click.option("--name", "-n", default=None,
@@ -237,13 +289,17 @@ def evaluate(run_dir, data, name, overwrite, positive_class, target_recall, batc
     out = evaluate_image_folder(run_dir, data, name=name, overwrite=overwrite,
                                 batch_size=batch_size, positive_class=positive_class,
                                 target_recall=target_recall)
+    from kerastune_lab.evaluate.classification import headline
+
+    logging.getLogger("kerastune_lab").info("%s", headline(out.read_json("metrics.json")))
     click.echo(out.path)
 
 
 @cli.command()
 @BACKEND_OPTION
 def info(backend):
-    """Print the backend, package versions and the devices Keras sees."""
+    """Print the backend, package versions, the devices Keras sees, the
+    accelerator and the precision a run would choose for it."""
     name = _select(backend)
     import keras
     import keras_hub
@@ -253,6 +309,10 @@ def info(backend):
     click.echo(f"keras-hub: {keras_hub.__version__}")
     click.echo(f"{backend_lib.BACKENDS[name][0]}: {backend_lib.framework_version(name)}")
     click.echo(f"devices: {', '.join(backend_lib.list_devices())}")
+    accelerators = backend_lib.accelerators()
+    click.echo(f"accelerator: {backend_lib.describe(accelerators)}")
+    policy, why = backend_lib.choose_precision("auto", accelerators)
+    click.echo(f"precision: {policy} ({why})")
 
 
 TASKS = {
@@ -287,18 +347,12 @@ def _command(argv):
 
 def _recipe_config_keys(path):
     """The field names of a recipe's `Config`, read without running the file."""
-    import ast
+    from kerastune_lab import recipe_file
 
     try:
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError, TypeError):
+        return tuple(recipe_file.read(path).fields)
+    except KerastuneError:
         return ()
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == "Config":
-            return tuple(n.target.id for n in node.body
-                         if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))
-    return ()
 
 
 def main(argv=None):

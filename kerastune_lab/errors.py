@@ -167,3 +167,24 @@ class LossNotFinite(RunStopped):
     (exit code 2): the settings that led to it, such as a learning rate,
     were valid values, and the run directory is kept with its last good
     backup."""
+
+
+def exit_code(exc):
+    """The exit code of `kerastune` for `exc`: 2 bad input, the code of a
+    download failure or a stopped run, 1 anything else."""
+    if isinstance(exc, KerastuneError):
+        return 2
+    return getattr(exc, "exit_code", 1) if isinstance(exc, (DownloadFailed, RunStopped)) else 1
+
+
+def error_line(exc, command=None, config_keys=()):
+    """The one line `kerastune` prints for `exc` (without "kerastune: ")."""
+    if isinstance(exc, Interrupted):
+        return str(exc)
+    if isinstance(exc, (KerastuneError, DownloadFailed, RunStopped)):
+        return f"error: {exc}"
+    message = resource_error_message(exc, command, config_keys)
+    if message is None:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return f"error: {message}"

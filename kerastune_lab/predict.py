@@ -30,7 +30,8 @@ def predict_images(run_dir, paths, batch_size=32):
         raise KerastuneError(f"run dir {run_dir!r} is not an image-classification run")
     class_names = run.read_json("labels.json")
     images = load_images(paths, config["image_size"])  # bad files fail before loading
-    model = load_run_model(run, keras_hub.models.ImageClassifier)
+    # For inference: uncompiled, so no optimizer to load the saved state into.
+    model = load_run_model(run, keras_hub.models.ImageClassifier, compile=False)
     probs = _softmax(np.asarray(model.predict(images, batch_size=batch_size, verbose=0),
                                 dtype="float64"))
     best = probs.argmax(axis=-1)
@@ -60,7 +61,9 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
     Writes the files of `evaluate.evaluate_classifier`, `metrics.json`,
     `evaluation.json` and `report.md` into `RUN_DIR/eval-<name>/` (by default
     the data folder's name), a folder of its own, so the run's own files
-    are never touched. Returns that folder's RunDir.
+    are never touched. The figures are named as a run's test figures
+    (`test_accuracy`, `test_roc_auc`, ...) whatever the folder's name.
+    Returns that folder's RunDir.
 
     Args:
         run_dir: str. A finished image-classification run.
@@ -106,7 +109,8 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
     if target_recall is None:
         target_recall = config.get("target_recall") or None
 
-    model = load_run_model(run, keras_hub.models.ImageClassifier)
+    # For inference: uncompiled, so no optimizer to load the saved state into.
+    model = load_run_model(run, keras_hub.models.ImageClassifier, compile=False)
     dataset = pipeline(files_dataset(paths, labels, config["image_size"]), batch_size)
     y_true, probs = predict_dataset(model, dataset)
     out = RunDir.create(out_path, overwrite=overwrite)
@@ -115,9 +119,12 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
             "run": os.path.abspath(run.path), "data": os.path.abspath(data),
             "num_images": int(len(y_true)), "skipped": skipped,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        # Named as the run's own test figures (test_accuracy, ...), whatever
+        # the folder: the data evaluated on is in evaluation.json and report.md.
         summary = evaluate_classifier(out, y_true, probs, class_names,
                                       positive_class=positive_class,
-                                      target_recall=target_recall, prefix=name)
+                                      target_recall=target_recall, prefix="test")
+        summary["evaluation_data"] = os.path.abspath(data)
         out.write_json("metrics.json", summary)
         write_report(out, summary, f"Evaluation of {os.path.basename(run.path)} on {data}",
                      notes=[f"model: {run.file('model')}", f"{len(y_true)} images, skipped "

@@ -25,7 +25,8 @@ import shlex
 import sys
 
 from kerastune_lab import config as config_lib
-from kerastune_lab.errors import DownloadFailed, KerastuneError
+from kerastune_lab import errors
+from kerastune_lab.errors import KerastuneError
 from kerastune_lab.runs import RunDir, default_run_dir, package_versions
 
 log = logging.getLogger("kerastune_lab")
@@ -63,7 +64,10 @@ def resolve_config(module, smoke=False, overrides=()):
 def _add_log_file(run):
     handler = logging.FileHandler(run.file("log.txt"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("kerastune_lab").addHandler(handler)
+    logger = logging.getLogger("kerastune_lab")
+    if logger.level == logging.NOTSET:  # called from Python: log.txt gets the INFO lines too
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
     return handler
 
 
@@ -106,33 +110,46 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
         with resume.handle_interrupts():
             if hasattr(cfg, "seed"):
                 keras.utils.set_random_seed(cfg.seed)
-            module.main(cfg, run)
+            from kerastune_lab.training import recipe_settings
+
+            with recipe_settings(cfg, run):  # dtype policy, TensorBoard logs
+                module.main(cfg, run)
             if os.path.exists(run.file("history.csv")):
                 from kerastune_lab.evaluate import plot_history
                 from kerastune_lab.runs import read_csv
 
                 plot_history(read_csv(run.file("history.csv")), run.file("training_curves.png"))
             run.finish()
-    except resume.RunStopped as e:
-        if isinstance(e, resume.Interrupted):
-            e.resume_command = command
-        # In log.txt only: the CLI prints it on stderr.
-        handler.handle(logging.LogRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))
+    except resume.Interrupted as e:
+        e.resume_command = command
+        # In log.txt only: the CLI prints it on stderr. The run and its
+        # backup stay for the resume.
+        _log_to_file(handler, e)
         raise
-    except (KerastuneError, DownloadFailed):
-        # Bad input, or a preset or dataset that could not be downloaded,
-        # found once the run had started: nothing of value was written, so
-        # leave no half-made run directory behind (a resumed run keeps its
-        # directory and backup).
+    except Exception as e:
+        # Bad input found late, a download that failed, a loss not finite, a
+        # crash: the line goes into log.txt; a run with something trained is
+        # marked FAILED (line and exit code), one with nothing is removed.
+        line = _log_to_file(handler, e, tuple(config_lib.to_dict(cfg)))
         logging.getLogger("kerastune_lab").removeHandler(handler)
         handler.close()
-        if not run.resumed:
-            run.discard()
+        try:
+            if run.fail("kerastune: " + line, errors.exit_code(e)):
+                log.info("the run directory %s is kept, marked FAILED", run.path)
+        except OSError:  # e.g. the disk that failed the run: the error says it
+            pass
         raise
     finally:
         logging.getLogger("kerastune_lab").removeHandler(handler)
         handler.close()
     return run
+
+
+def _log_to_file(handler, exc, config_keys=()):
+    """Writes the line `kerastune` prints for `exc` into log.txt; returns it."""
+    line = errors.error_line(exc, "run", config_keys)
+    handler.handle(logging.LogRecord(log.name, logging.ERROR, __file__, 0, "%s", (line,), None))
+    return line
 
 
 def _write_config(run, module, path, smoke, overrides, cfg, backend):

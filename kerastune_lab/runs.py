@@ -8,6 +8,8 @@
       model/          the trained model as a KerasHub preset (`from_preset`)
       labels.json     class names, index order
       FINISHED        written last: the run completed
+      FAILED          the run stopped on an error: its line and the exit code
+                      (kept only where something was trained: see `RunDir.fail`)
 
 Every file is written to a temporary name in the same folder and renamed into
 place (`os.replace` is atomic on POSIX and Windows), so a crash never leaves a
@@ -27,6 +29,7 @@ import tempfile
 from kerastune_lab.errors import DISK_ERRNOS, KerastuneError
 
 FINISHED = "FINISHED"
+FAILED = "FAILED"
 REPLACED = ".replaced"  # suffix of a run set aside by --overwrite
 BACKUP_DIR = "backup"  # training backup of an unfinished run (resume.Backup)
 # A run directory is refused when its disk has less free space than this (MB);
@@ -322,9 +325,35 @@ class RunDir:
         with atomic_path(self.file(name)) as tmp:
             model.save_to_preset(tmp)
 
+    @property
+    def trained(self):
+        """Whether training left something here: a backup, a history or a model."""
+        return any(os.path.exists(self.file(name))
+                   for name in (BACKUP_DIR, "history.csv", "model"))
+
+    def fail(self, line, exit_code):
+        """Records a run that stopped on an error, or removes it.
+
+        A run with something trained in it (`trained`), or an unfinished run
+        that was being resumed, is kept and marked with `FAILED` (the error
+        line, then `exit code: N`): the same command resumes it from its
+        backup. A new run with nothing trained is removed, and the run it
+        replaced (`--overwrite`) is put back: it would only look like a run.
+
+        Returns:
+            bool. True when the folder was kept.
+        """
+        if not (self.trained or self.resumed):
+            self.discard()
+            return False
+        self.write_text(FAILED, f"{line}\nexit code: {exit_code}\n")
+        return True
+
     def finish(self):
-        """Marks the run finished; drops its training backup and the run it
-        replaced, if any."""
+        """Marks the run finished; drops its training backup, a `FAILED` mark
+        of an earlier attempt and the run it replaced, if any."""
+        if os.path.exists(self.file(FAILED)):
+            os.remove(self.file(FAILED))
         self.write_text(FINISHED, datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")
         shutil.rmtree(self.file(BACKUP_DIR), ignore_errors=True)
         shutil.rmtree(self.path + REPLACED, ignore_errors=True)

@@ -185,6 +185,24 @@ def make_image_folder(root, class_names=("cat", "dog"), per_class=16, size=40,
     return root
 
 
+def deliberate_extras(root):
+    """The line that says the broken files of `make_image_folder(extras=True)`
+    in `root` are there on purpose, or None where there are none.
+
+    `--smoke` logs it before the loader reports what it skipped, so the
+    loader's "skipped 2 file(s)" reads as the check it is, not as a fault.
+    """
+    found = []
+    for dirpath, _, filenames in os.walk(root):
+        found += [os.path.join(os.path.basename(dirpath), n) for n in filenames
+                  if n in ("notes.txt", "broken.jpg")]
+    if not found:
+        return None
+    return (f"smoke data: {' and '.join(sorted(found))} in {root} are broken on purpose "
+            "(a corrupt image, a non-image file): the loader skips them, as it would in a "
+            "real folder")
+
+
 def xray_image(pneumonia, rng, size=48):
     """Returns a chest-X-ray-like grayscale image, float (size, size) in 0-255.
 

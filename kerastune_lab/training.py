@@ -8,6 +8,17 @@ the (epoch, step) of its phase, takes that epoch's batches from that step of a
 callbacks. Written once here, so that no recipe can resume with a mismatched
 `initial_epoch`.
 
+Every `fit_resumable` of a recipe run also writes TensorBoard logs into
+`<run>/tensorboard/` (`recipe_settings` names the folder): scalars per epoch
+(`epoch_loss`, ..., `epoch_learning_rate`, validation in `validation/`) and
+about 50 times an epoch (`batch_loss`, ...). Their steps count the batches of
+the whole run, so a second phase or a resumed run continues the curves.
+
+`recipe_settings` also sets the Keras dtype policy from the config's
+`precision` before the recipe builds its model: "auto" picks it from the
+accelerator (`backend.auto_precision`); the choice goes into `config.json`
+and the log.
+
 Keras' `CSVLogger` appends to its file as it goes, so a crash can leave a
 half-written line; `HistoryWriter` rewrites `history.csv` atomically at each
 epoch end instead, and marks each row with the phase that produced it. In a
@@ -15,18 +26,25 @@ resumed run it starts from the rows already there (a row written again, for
 an epoch done again, replaces the old one).
 """
 
+import contextlib
+import logging
 import os
 import sys
+import threading
 import time
 import warnings
 
 import keras
 
-# tf.data pipelines are shuffled and may drop unreadable files, so Keras'
-# notes about `shuffle=` and about running out of data at an unknown
-# cardinality are noise for every recipe.
+from kerastune_lab import backend
+from kerastune_lab.errors import KerastuneError
+
+log = logging.getLogger("kerastune_lab")
+
+# tf.data pipelines are shuffled, so Keras' note about `shuffle=` is noise
+# for every recipe. (Keras' "Your input ran out of data" is not hidden: every
+# dataset of `kerastune_lab.data` has a known number of batches.)
 warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
-warnings.filterwarnings("ignore", message=r"Your input ran out of data")
 
 
 def fit_verbosity():
@@ -71,8 +89,143 @@ class HistoryWriter(keras.callbacks.Callback):
         self.run.write_csv("history.csv", self.rows)
 
 
+TENSORBOARD_DIR = "tensorboard"
+_run_tensorboard = None  # the folder of the recipe run in progress (recipe_settings)
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, scalars only, whose batch-level steps are
+    the run's: `first_step` (epoch * steps per epoch + step where the fit
+    starts) plus the batches since, where Keras' own counts from 0 at each
+    `fit`. It does no work on the batches it does not record (Keras' own
+    switches its writers at every batch).
+
+    `async_safe` (as `resume.Backup`): where Keras runs `on_train_batch_end`
+    in its callback thread, so that the host does not wait for each step, it
+    only notes the step's figures there; the training thread writes them, in
+    step order, one interval behind and at each epoch's end. In Keras' own
+    thread it writes at once. Each write is flushed: a fit stopped by an
+    exception (Ctrl-C, a loss not finite) never reaches `on_train_end`.
+
+    Args:
+        log_dir: str. The folder of the event files (`train/`, `validation/`).
+        update_freq: int. Write batch-level scalars every this many steps.
+        first_step: int. The run's step before the fit's first batch.
+    """
+
+    async_safe = True  # read by Keras' CallbackList: see the class docstring
+
+    def __init__(self, log_dir, update_freq=10, first_step=0):
+        # "epoch" for Keras' part: epoch scalars only, no writer switching.
+        super().__init__(log_dir, write_graph=False, update_freq="epoch")
+        self.every = update_freq
+        self.first_step = first_step
+        self._points = []  # (step, logs) noted, not yet written
+        self._lock = threading.Lock()
+        self._epoch_base = first_step
+        self._thread = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._global_train_batch = self.first_step
+        self._thread = threading.get_ident()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._epoch_base = self._global_train_batch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        super().on_train_batch_begin(batch, logs)
+        self._write(upto=self._global_train_batch - 1 - self.every)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._epoch_base + batch + 1
+        if step % self.every:
+            return
+        with self._lock:
+            self._points.append((step, dict(logs or {})))
+        if threading.get_ident() == self._thread:
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write()  # Keras has run every batch's callbacks by now
+        super().on_epoch_end(epoch, logs)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._write()
+        super().on_train_end(logs)
+
+    def _write(self, upto=None):
+        with self._lock:
+            ready = [p for p in self._points if upto is None or p[0] <= upto]
+            self._points = [p for p in self._points if not (upto is None or p[0] <= upto)]
+        if not ready:
+            return
+        with self._train_writer.as_default():
+            for step, logs in sorted(ready, key=lambda p: p[0]):
+                for name, value in logs.items():
+                    self.summary.scalar(f"batch_{name}", value, step=step)
+        self._train_writer.flush()
+
+
+def tensorboard_callback(log_dir, epoch=0, step=0, steps_per_epoch=None):
+    """A `TensorBoard` writing about 50 batch-level points an epoch (every
+    step on short epochs; every 10 steps when the epoch's length is unknown)."""
+    every = max(1, steps_per_epoch // 50) if steps_per_epoch else 10
+    return TensorBoard(log_dir, every, epoch * (steps_per_epoch or 0) + step)
+
+
+def _precision(config, run):
+    """(policy, why) for the run, from `config.precision` (and the older
+    `mixed_precision`/`mixed_precision_dtype` keys); None without such keys."""
+    requested = getattr(config, "precision", None)
+    if getattr(config, "mixed_precision", False):
+        legacy = f"mixed_{getattr(config, 'mixed_precision_dtype', 'bfloat16')}"
+        if requested not in (None, "auto", legacy):
+            raise KerastuneError(
+                f"mixed_precision=true and precision={requested} disagree: set precision= "
+                "only (auto, float32, mixed_bfloat16 or mixed_float16)")
+        return legacy, "mixed_precision=true"
+    if requested is None:
+        return None
+    recorded = run.read_json("config.json").get("precision") if run.resumed else None
+    if recorded:  # a resumed run goes on in the precision it started in
+        return recorded, "the precision the run started in"
+    return backend.choose_precision(requested, backend.accelerators())
+
+
+@contextlib.contextmanager
+def recipe_settings(config, run):
+    """Around a recipe's `main`: sets the dtype policy of `config.precision`
+    (recorded in config.json as "precision" and "accelerator", and logged),
+    and has every `fit_resumable` write TensorBoard logs into the run. Both
+    are put back afterwards.
+
+    Args:
+        config: the recipe's Config.
+        run: RunDir.
+    """
+    global _run_tensorboard
+    previous = keras.mixed_precision.global_policy(), _run_tensorboard
+    try:
+        chosen = _precision(config, run)
+        if chosen is not None:
+            policy, why = chosen
+            keras.mixed_precision.set_global_policy(policy)
+            accelerator = backend.describe(backend.accelerators())
+            log.info("precision: %s (%s); accelerator: %s", policy, why, accelerator)
+            run.update_json("config.json", precision=policy, accelerator=accelerator)
+        _run_tensorboard = run.file(TENSORBOARD_DIR)
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous[0])
+        _run_tensorboard = previous[1]
+
+
 def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=0,
-                  callbacks=(), **fit_kwargs):
+                  callbacks=(), tensorboard=None, **fit_kwargs):
     """`model.fit` of one phase, from where `backup` left off in it.
 
     Args:
@@ -88,6 +241,9 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
             into `history.csv`).
         first_epoch: int. Where the phase starts without a backup.
         callbacks: list of Keras callbacks.
+        tensorboard: str, False or None. A folder for TensorBoard logs
+            (`TensorBoard`), False for none. Defaults to the run's
+            `tensorboard/` inside `recipe_settings`, else none.
         **fit_kwargs: for `model.fit` (`validation_data`, `class_weight`,
             `y`, ...). `verbose` defaults to `fit_verbosity()`.
 
@@ -109,7 +265,12 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
         fit_kwargs["steps_per_epoch"] = train.steps_per_epoch
         train = train.dataset(epoch, step)
     elif step:
-        raise ValueError("resuming mid-epoch needs the training data as a data.stream.Stream")
+        raise ValueError("resuming mid-epoch needs the training data as a data.stream.Stream "
+                         "(a loader's `data.train_stream`)")
+    log_dir = _run_tensorboard if tensorboard is None else tensorboard
+    if log_dir:  # first: a later callback may stop the fit at a batch's end
+        callbacks.insert(0, tensorboard_callback(log_dir, epoch, step,
+                                                 fit_kwargs.get("steps_per_epoch")))
     fit_kwargs.setdefault("verbose", fit_verbosity())
     return model.fit(train, initial_epoch=epoch, epochs=epochs, callbacks=callbacks,
                      **fit_kwargs)

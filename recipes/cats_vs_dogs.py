@@ -21,8 +21,11 @@ import logging
 from kerastune_lab import testing
 from kerastune_lab.config import setting
 from kerastune_lab.data import images
+from kerastune_lab.evaluate import evaluate_classifier, write_report
+from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune import two_phase
 from kerastune_lab.models import load_image_classifier, resolve_preset
+from kerastune_lab.predict import predict_dataset
 from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter
 
@@ -44,6 +47,7 @@ class Config:
     flip: str = setting("horizontal", choices=("horizontal", "vertical", "horizontal_and_vertical", ""))  # augmentation: the flip axes; "" for none
     rotation: float = setting(0.1, ge=0, le=1)  # augmentation: largest rotation, fraction of a full turn
     zoom: float = setting(0.1, ge=0, lt=1)  # augmentation: largest zoom, fraction of the image size
+    precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
     seed: int = setting(1337, ge=0)
 
@@ -53,6 +57,8 @@ def smoke():
     data = testing.cache_dir("data", "cats_vs_dogs")
     if not any(True for _ in __import__("os").scandir(data)):
         testing.make_image_folder(data, ("cat", "dog"), per_class=24, size=40, extras=True)
+    if testing.deliberate_extras(data):
+        log.info("%s", testing.deliberate_extras(data))
     return {
         "preset": testing.tiny_preset("resnet"),
         "data": data,
@@ -74,8 +80,7 @@ def main(config, run):
     # Data: decoded, resized, augmented (training split only), prefetched; the
     # training batches are a function of (seed, epoch), so a resumed run sees
     # the same ones.
-    augment = images.augmentation_layers(config.flip or None, config.rotation, config.zoom,
-                                         seed=config.seed)
+    augment = images.augmentation(config.flip or None, config.rotation, config.zoom)
     data = images.load_image_data(config.data, config.image_size, config.batch_size,
                                   config.val_split, config.seed, augment)
     log.info("data: %d train / %d val images, classes %s", data.num_train, data.num_val,
@@ -89,20 +94,28 @@ def main(config, run):
     # they go (an interrupted run resumes from the backup).
     history = HistoryWriter(run)
     two_phase.fine_tune(
-        model, data.train, data.val,
+        model, data.train_stream, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
         callbacks=[history],
         train_batchnorm=config.train_batchnorm, backup=Backup(run, config.save_every_steps),
     )
 
-    # Evaluation: validation accuracy after each phase.
-    metrics = {f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
-               for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)}
+    # Evaluation: validation accuracy after each phase; the per-class report,
+    # confusion matrix and curves on the validation split (the data has no
+    # test split: metrics.json says so under "evaluated_on").
+    y_true, probs = predict_dataset(model, data.val)
+    metrics = evaluate_classifier(run, y_true, probs, data.class_names, prefix="val")
+    metrics.update({f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
+                    for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)})
     metrics["val_loss"], metrics["val_accuracy"] = model.evaluate(data.val, verbose=0)
     metrics.update(num_train=data.num_train, num_val=data.num_val, skipped=data.skipped)
 
-    # Saving: the model as a KerasHub preset, then the metrics.
+    # Saving: the model as a KerasHub preset, then the metrics and the report.
     run.save_model(model)
     run.write_json("metrics.json", metrics)
-    log.info("val_accuracy %.4f", metrics["val_accuracy"])
+    write_report(run, metrics, "Cats vs dogs", notes=[
+        f"preset {config.preset}, data {config.data}",
+        f"evaluated on the validation split ({data.num_val} images, {config.val_split:.0%} "
+        "of each class): the data has no test split"])
+    log.info("%s", headline(metrics))

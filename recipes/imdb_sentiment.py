@@ -30,6 +30,7 @@ from kerastune_lab.config import setting
 from kerastune_lab.data import text
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import evaluate_classifier, write_report
+from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune.two_phase import compile_classifier
 from kerastune_lab.models import load_task, resolve_preset
 from kerastune_lab.resume import Backup
@@ -57,6 +58,7 @@ class Config:
     learning_rate: float = setting(3e-5, gt=0)  # Adam; low, to keep what the encoder knows
     mixed_precision: bool = False  # GPU: compute in 16 bits, keep weights in float32
     mixed_precision_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"))  # bfloat16: Ampere and later, TPU; float16: older GPUs
+    precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
     seed: int = setting(1337, ge=0)
 
@@ -127,7 +129,7 @@ def _main(config, run):
     # Training: everything at once, at a low learning rate, from where the
     # backup of an interrupted run left off, if any.
     compile_classifier(model, config.learning_rate)
-    fit_resumable(model, data.train, config.epochs, Backup(run, config.save_every_steps),
+    fit_resumable(model, data.train_stream, config.epochs, Backup(run, config.save_every_steps),
                   callbacks=[HistoryWriter(run)], validation_data=data.val)
 
     # Evaluation: accuracy, per-class report, confusion matrix and curves, on the test set.
@@ -146,8 +148,8 @@ def _main(config, run):
     run.write_json("metrics.json", metrics)
     write_report(run, metrics, "Movie-review sentiment", notes=[
         f"preset {config.preset}" + ("" if config.load_weights else " (random weights)"),
-        f"data {config.data}, test data {config.test_data or held_out}",
+        f"data {config.data}, evaluated on the test data: {config.test_data or held_out}",
         f"reviews cut to {config.sequence_length} tokens: {truncated['train']} of "
         f"{data.num_train} training, {truncated['test']} of {data.num_test} test",
     ])
-    log.info("test_accuracy %.4f", metrics["test_accuracy"])
+    log.info("%s", headline(metrics))

@@ -57,6 +57,7 @@ class Config:
     temperature: float = setting(1.0, gt=0)  # report generations
     max_length: int = setting(96, ge=16)  # report generations: most tokens of prompt plus reply
     report_prompts: int = setting(6, ge=0)  # how many of REPORT_PROMPTS to answer before and after
+    precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
     seed: int = setting(1337, ge=0)
 

@@ -37,6 +37,7 @@ from kerastune_lab.config import setting
 from kerastune_lab.data import images, xray
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import evaluate_classifier, write_report
+from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune import class_weights, two_phase
 from kerastune_lab.models import load_image_classifier, resolve_preset
 from kerastune_lab.predict import predict_dataset
@@ -67,6 +68,7 @@ class Config:
     contrast: float = setting(0.1, ge=0, le=1)  # augmentation: largest contrast change, fraction (exposure varies between films)
     positive_class: str = "PNEUMONIA"  # the class of the ROC/PR curves and of the threshold
     target_recall: float = setting(0.95, gt=0, le=1)  # recall of positive_class to choose a decision threshold for
+    precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
     seed: int = setting(1337, ge=0)
 
@@ -98,8 +100,8 @@ def main(config, run):
     preset = resolve_preset(config.preset, keras_hub.models.ImageClassifier)
 
     # Data: train/val/test decoded to 3 channels, resized, augmented (train only).
-    augment = images.augmentation_layers(config.flip or None, config.rotation, config.zoom,
-                                         config.contrast, seed=config.seed)
+    augment = images.augmentation(config.flip or None, config.rotation, config.zoom,
+                                  config.contrast)
     data = xray.load_split_tree(
         config.data, config.image_size, config.batch_size, min_val_images=config.min_val_images,
         val_split=config.val_split, oversample=config.oversample, seed=config.seed,
@@ -125,7 +127,7 @@ def main(config, run):
     # class-weighted, backed up as they go (the same command resumes).
     history = HistoryWriter(run)
     two_phase.fine_tune(
-        model, data.train, data.val,
+        model, data.train_stream, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
         callbacks=[history],
@@ -138,6 +140,8 @@ def main(config, run):
     metrics = evaluate_classifier(run, y_true, probs, data.class_names,
                                   positive_class=config.positive_class,
                                   target_recall=config.target_recall, prefix="test")
+    metrics.update({f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
+                    for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)})
     metrics["val_loss"], metrics["val_accuracy"] = model.evaluate(data.val, verbose=0)
     metrics.update(counts=data.counts, skipped=data.skipped)
 
@@ -146,9 +150,9 @@ def main(config, run):
     run.write_json("metrics.json", metrics)
     write_report(run, metrics, "Chest X-ray pneumonia", notes=[
         f"preset {config.preset}, data {config.data}",
+        f"evaluated on the test split, {config.data}/test",
         f"validation: {data.validation.get('reason', 'the val/ split')}",
         f"class weights: {class_weights.by_name(weights, data.class_names)}"
         + (", training data oversampled" if config.oversample else ""),
     ])
-    log.info("test_accuracy %.4f, test_roc_auc %s", metrics["test_accuracy"],
-             metrics.get("test_roc_auc", "skipped"))
+    log.info("%s", headline(metrics))

@@ -205,6 +205,12 @@ CASES = [
      ["{image}", "adapter.lora.h5", "expected a LoRA run"]),
     ("merge-pickle-adapter", ["merge", "{in}/weights.pt", "--output", "{in}/merged"],
      ["weights.pt", "expected an h5 file"]),
+    # export
+    ("export-onto-existing-output",
+     ["export", "{lora}", "--format", "peft", "--output", "{in}/existing_output"],
+     ["existing_output", "already exists"]),
+    ("export-peft-of-image-run", ["export", "{image}", "--format", "peft", "--output",
+                                  "{in}/exported"], ["{image}", "peft"]),
     # info, presets
     ("info-bad-backend", ["info", "--backend", "mxnet"], ["unknown backend", "mxnet"]),
     ("presets-unknown-kind", ["presets", "image_clasifier"],

@@ -149,6 +149,26 @@ def test_decision_threshold_by_hand():
     assert point["threshold"] == 0.3 and point["precision"] == pytest.approx(4 / 6)
 
 
+def test_decision_threshold_skips_a_dominated_threshold():
+    # The highest threshold reaching recall 0.5 is 0.5 (2 found, 1 false
+    # alarm: precision 2/3); 0.4 finds all 4 at precision 4/5: better on both.
+    y = np.array([1, 0, 1, 1, 1], bool)
+    scores = np.array([0.9, 0.6, 0.5, 0.45, 0.4])
+    point = decision_threshold(y, scores, 0.5)
+    assert point["threshold"] == 0.4
+    assert point["recall"] == 1.0 and point["precision"] == pytest.approx(0.8)
+    assert (point["tp"], point["fp"], point["fn"], point["tn"]) == (4, 1, 0, 0)
+
+
+def test_decision_threshold_ties_go_to_the_higher_recall():
+    # Thresholds 0.7 (recall 1/2) and 0.4 (recall 1) both have precision 2/3.
+    y = np.array([1, 0, 1, 0, 1, 1], bool)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    point = decision_threshold(y, scores, 0.5)
+    assert point["threshold"] == 0.4 and point["recall"] == 1.0
+    assert point["precision"] == pytest.approx(2 / 3)
+
+
 def test_bad_arguments(tmp_path):
     run = RunDir.create(tmp_path / "run")
     y, probs = _predictions(10, 2, seed=4)

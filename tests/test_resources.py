@@ -167,7 +167,9 @@ def test_disk_full_during_a_run_names_the_file(cli, raising_recipe, tmp_path, mo
     line = _one_line(cli("run", path, "--output-dir", out), 1, "cannot write",
                      "No space left on device", "--output-dir")
     assert os.path.join(str(out), "config.json") in line
-    assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporary left
+    # Nothing was trained: no folder is left (README, the run directory), so
+    # no temporary either.
+    assert not out.exists() and os.listdir(tmp_path) == [os.path.basename(path)]
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS])

@@ -26,10 +26,15 @@ def _class_index(positive_class, class_names):
 
 
 def decision_threshold(y_true, scores, target_recall):
-    """Returns the highest threshold on `scores` whose recall reaches `target_recall`.
+    """Returns the threshold on `scores` with the best precision among those
+    whose recall reaches `target_recall` (ties: the higher recall, then the
+    higher threshold).
 
     Predicting positive when `score >= threshold` then finds at least
-    `target_recall` of the positives; the result says what precision that costs.
+    `target_recall` of the positives; the result says what precision that
+    costs. Precision is not monotone in the threshold, so the highest
+    threshold that reaches the target can be worse on both counts than a
+    lower one: that one is never chosen.
 
     Args:
         y_true: array of bool. True for the positive class.
@@ -44,9 +49,12 @@ def decision_threshold(y_true, scores, target_recall):
     from sklearn.metrics import precision_recall_curve
 
     precision, recall, thresholds = precision_recall_curve(y_true, scores)
-    # recall[i] and precision[i] are those of thresholds[i]; recall falls as
-    # the threshold rises, so the last index reaching the target is the highest.
-    i = int(np.flatnonzero(recall[:-1] >= target_recall).max())
+    # recall[i] and precision[i] are those of thresholds[i] (the last point
+    # of each has no threshold).
+    reach = np.flatnonzero(recall[:-1] >= target_recall)
+    best = precision[reach].max()
+    tied = reach[precision[reach] >= best - 1e-12]
+    i = int(max(tied, key=lambda j: (recall[j], thresholds[j])))
     threshold = float(thresholds[i])
     predicted = np.asarray(scores) >= threshold
     y_true = np.asarray(y_true, bool)
@@ -69,8 +77,9 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
     and `.png`, `roc.png` and `pr.png` (for the positive class of a binary
     task, one-vs-rest for each class otherwise; skipped with a warning when
     `y_true` holds one class only) and, with `target_recall`, `threshold.json`:
-    the highest threshold on the positive class's probability that reaches
-    that recall, and the precision it costs. Predicted classes are the argmax.
+    the threshold on the positive class's probability with the best
+    precision among those that reach that recall (`decision_threshold`).
+    Predicted classes are the argmax.
 
     Args:
         run: RunDir. Where the files go.
@@ -81,10 +90,13 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
             task's curves are about. Defaults to None: class 1 of 2 classes.
         target_recall: float or None. Recall of the positive class to choose
             a threshold for. Defaults to None (no threshold).
-        prefix: str. Prefix of the summary keys. Defaults to "test".
+        prefix: str. The split evaluated on, and the prefix of the summary
+            keys: "test", or "val" for a run without a test split; the same
+            figure has the same name everywhere. Defaults to "test".
 
     Returns:
-        dict for metrics.json: `{prefix}_accuracy`, `_macro_f1`, `_weighted_f1`,
+        dict for metrics.json: `evaluated_on` (the prefix), `{prefix}_accuracy`,
+        `_macro_f1`, `_weighted_f1`,
         per-class `_precision_<class>`, `_recall_<class>`, `_f1_<class>`,
         `_roc_auc`, `_average_precision` and the `_threshold*` fields (or
         `_curves_skipped` / `_threshold_skipped` with the reason).
@@ -130,6 +142,7 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
     plots.plot_confusion_matrix(matrix, class_names, run.file("confusion_matrix.png"))
 
     summary = {
+        "evaluated_on": prefix,
         f"{prefix}_num_examples": int(len(y_true)),
         f"{prefix}_accuracy": float(skm.accuracy_score(y_true, y_pred)),
         f"{prefix}_macro_f1": float(report["macro avg"]["f1-score"]),
@@ -162,9 +175,9 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
         run.write_json("threshold.json", point)
         for key in ("target_recall", "threshold", "recall", "precision"):
             summary[f"{prefix}_threshold" + ("" if key == "threshold" else f"_{key}")] = point[key]
-        log.info("threshold %.4f reaches recall %.3f of %s (target %.2f) at precision %.3f",
-                 point["threshold"], point["recall"], class_names[positive], target_recall,
-                 point["precision"])
+        log.info("threshold %s reaches recall %.3f of %s (target %s) at precision %.3f",
+                 figure(point["threshold"]), point["recall"], class_names[positive],
+                 figure(float(target_recall)), point["precision"])
     classes = [positive] if k == 2 else [int(c) for c in present]
     scores = {}  # class index: (roc_auc, average_precision), one vs rest
     for c in classes:
@@ -181,6 +194,25 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
         if positive is not None:
             summary[f"{prefix}_roc_auc_{class_names[positive]}"] = scores[positive][0]
     return summary
+
+
+def figure(value):
+    """A figure for a message: 4 significant digits (0.9557, 0.6000, 12.35)."""
+    return f"{value:#.4g}" if isinstance(value, float) else str(value)
+
+
+def headline(summary, prefix=None):
+    """The line that ends an evaluation: accuracy, and ROC AUC where the
+    curves were computed, named as in metrics.json
+    ("test_accuracy 0.925, test_roc_auc 0.9557").
+
+    Args:
+        summary: dict. From `evaluate_classifier`.
+        prefix: str or None. Its prefix. Defaults to `summary["evaluated_on"]`.
+    """
+    prefix = prefix or summary.get("evaluated_on", "test")
+    keys = [f"{prefix}_{name}" for name in ("accuracy", "roc_auc")]
+    return ", ".join(f"{key} {figure(summary[key])}" for key in keys if key in summary)
 
 
 def write_report(run, summary, title, notes=()):

@@ -75,7 +75,9 @@ def chat_report(title, intro, config, metrics, prompts, before, after, note=""):
              f"{train['padding_fraction_after_packing']:.3f} |",
              "",
              f"Training: {train['examples']} examples in {train['windows']} windows of "
-             f"{config.sequence_length + 1} tokens ({train['truncated']} truncated, "
+             f"{config.sequence_length + 1} tokens: the model reads "
+             f"sequence_length={config.sequence_length} of them and predicts each next "
+             f"one, so a window holds one token more ({train['truncated']} truncated, "
              f"{train['dropped']} dropped).{' ' + note if note else ''}",
              "",
              f"## Replies ({config.sampler} sampler, temperature {config.temperature}, "

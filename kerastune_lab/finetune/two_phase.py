@@ -9,6 +9,10 @@ mode in Keras 3): updating their statistics on a small dataset at a tiny
 learning rate destroys what the backbone learned. `train_batchnorm=True`
 unfreezes them in phase 2.
 
+Each phase is announced on one line before it starts (what trains, the
+learning rate, its epochs): on the console, in the run's log.txt, and in a
+notebook (`console.announce`).
+
 With a `resume.Backup`, a run resumed in phase 2 skips phase 1 (the backup
 holds its result), and each phase starts where the backup left off.
 """
@@ -37,6 +41,18 @@ def compile_classifier(model, learning_rate):
     )
 
 
+def _announce(model, number, phases, name, what, learning_rate, first, last, total):
+    """One line before a phase: what trains, at what learning rate, which epochs."""
+    import numpy as np
+
+    from kerastune_lab.console import announce
+
+    params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    epochs = f"epoch {last}" if last == first + 1 else f"epochs {first + 1}-{last}"
+    announce("phase %d/%d (%s): training %s (%s trainable parameters), learning rate %g, "
+             "%s of %d", number, phases, name, what, f"{params:,}", learning_rate, epochs, total)
+
+
 def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
               learning_rate, callbacks=(), train_batchnorm=False, backup=None, **fit_kwargs):
     """Runs both phases and returns {phase: keras History}.
@@ -63,15 +79,21 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
         fit_kwargs["y"] = train[1]
         train = train[0]
     histories = {}
+    phases = int(bool(head_epochs)) + int(bool(epochs))
     if head_epochs and not (backup and backup.resumed_phase == FINETUNE):
         set_backbone_trainable(model, False)
         compile_classifier(model, head_learning_rate)
+        _announce(model, 1, phases, HEAD, "the new head only, backbone frozen",
+                  head_learning_rate, 0, head_epochs, head_epochs + epochs)
         histories[HEAD] = fit_resumable(model, train, head_epochs, backup, HEAD,
                                         callbacks=callbacks, validation_data=val,
                                         **fit_kwargs)
     if epochs:
         set_backbone_trainable(model, True, train_batchnorm)
         compile_classifier(model, learning_rate)  # recompile: trainable flags changed
+        _announce(model, phases, phases, FINETUNE,
+                  "everything" + ("" if train_batchnorm else ", BatchNorm in inference mode"),
+                  learning_rate, head_epochs, head_epochs + epochs, head_epochs + epochs)
         histories[FINETUNE] = fit_resumable(model, train, head_epochs + epochs, backup,
                                             FINETUNE, first_epoch=head_epochs,
                                             callbacks=callbacks, validation_data=val,

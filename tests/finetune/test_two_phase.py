@@ -68,3 +68,56 @@ def test_train_batchnorm_lets_statistics_move():
     after = {v.path: keras.ops.convert_to_numpy(v) for v in model.backbone.weights
              if "moving" in v.path}
     assert any(not np.allclose(before[k], after[k]) for k in before)
+
+
+def test_each_phase_is_announced_before_it_starts(capsys):
+    import logging
+
+    import keras
+
+    model = load_image_classifier(testing.tiny_preset("resnet"), num_classes=2)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = np.arange(8) % 2
+    events = []
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            events.append(record.getMessage())
+
+    class Starts(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            events.append("fit")
+
+    logger = logging.getLogger("kerastune_lab")
+    handler = Lines()
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        two_phase.fine_tune(model, (x, y), None, head_epochs=2, head_learning_rate=1e-3,
+                            epochs=1, learning_rate=1e-5, callbacks=[Starts()], batch_size=8,
+                            verbose=0)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [e for e in events if e.startswith("phase")]
+    assert [e if e == "fit" else "phase" for e in events] == ["phase", "fit", "phase", "fit"]
+    head, finetune = lines
+    assert head.startswith("phase 1/2 (head): training the new head only, backbone frozen")
+    assert "learning rate 0.001, epochs 1-2 of 3" in head
+    assert finetune.startswith("phase 2/2 (finetune): training everything, BatchNorm in "
+                               "inference mode")
+    assert "learning rate 1e-05, epoch 3 of 3" in finetune
+    counts = [int(line.split("(")[2].split(" trainable")[0].replace(",", "")) for line in lines]
+    assert 0 < counts[0] < counts[1]
+
+    # No handler set up (a notebook calling the library): printed instead.
+    saved, logger.handlers = logger.handlers, []
+    try:
+        capsys.readouterr()
+        two_phase.fine_tune(model, (x, y), None, head_epochs=0, head_learning_rate=1e-3,
+                            epochs=1, learning_rate=1e-5, batch_size=8, verbose=0)
+    finally:
+        logger.handlers = saved
+    assert "kerastune: phase 1/1 (finetune): training everything" in capsys.readouterr().out

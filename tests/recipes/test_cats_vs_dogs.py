@@ -3,10 +3,12 @@
 import csv
 import json
 import os
+import re
 
 import pytest
 
 from kerastune_lab import testing
+from kerastune_lab.console import is_startup_noise
 from tests.conftest import BACKEND, assert_one_line_error, recipe_path, run_cli
 
 RECIPE = recipe_path("cats_vs_dogs")
@@ -46,6 +48,51 @@ def test_smoke_run_writes_the_run_directory(smoke_run):
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporaries left
 
 
+def test_smoke_run_writes_the_evaluation_on_its_validation_split(smoke_run):
+    out, result = smoke_run
+    for name in ("classification_report.json", "classification_report.txt",
+                 "confusion_matrix.json", "confusion_matrix.png", "roc.png", "pr.png",
+                 "report.md"):
+        assert os.path.exists(out / name), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    # No test split: evaluated on the validation split, and named so.
+    assert metrics["evaluated_on"] == "val"
+    assert metrics["val_num_examples"] == metrics["num_val"]
+    assert metrics["val_accuracy"] == pytest.approx(
+        json.loads((out / "classification_report.json").read_text())["accuracy"], abs=1e-5)
+    assert 0 <= metrics["val_roc_auc"] <= 1 and "val_macro_f1" in metrics
+    assert not [k for k in metrics if k.startswith("test_")]
+    assert "evaluated on the validation split" in (out / "report.md").read_text()
+    # The headline, rounded: "kerastune: val_accuracy 0.9, val_roc_auc 0.9557".
+    lines = [line for line in result.stderr.splitlines()
+             if line.startswith("kerastune: val_accuracy ")]
+    assert len(lines) == 1 and re.fullmatch(
+        r"kerastune: val_accuracy [\d.]{1,6}, val_roc_auc [\d.]{1,6}", lines[0]), lines
+
+
+def test_smoke_data_says_its_broken_files_are_deliberate(smoke_run):
+    _, result = smoke_run
+    note = result.stderr.index("kerastune: smoke data: cat/broken.jpg and cat/notes.txt in ")
+    assert "are broken on purpose" in result.stderr[note:].splitlines()[0]
+    assert note < result.stderr.index("skipped 2 file(s)")
+
+
+def test_each_phase_is_announced_on_the_console_and_in_the_log(smoke_run):
+    out, result = smoke_run
+    head = ("kerastune: phase 1/2 (head): training the new head only, backbone frozen",
+            "learning rate 0.001, epoch 1 of 3")
+    finetune = ("kerastune: phase 2/2 (finetune): training everything, BatchNorm in "
+                "inference mode", "learning rate 0.0001, epochs 2-3 of 3")
+    lines = result.stderr.splitlines()
+    for start, end in (head, finetune):
+        assert [line for line in lines if line.startswith(start) and line.endswith(end)], lines
+    log = (out / "log.txt").read_text()
+    assert head[0][len("kerastune: "):] in log and finetune[0][len("kerastune: "):] in log
+    # Before the epochs of its phase: phase 2's line after phase 1's epoch.
+    first, second = (result.stderr.index(p[0]) for p in (head, finetune))
+    assert first < second
+
+
 def test_predict_prints_label_and_probability(smoke_run, tmp_path):
     out, _ = smoke_run
     folder = testing.make_image_folder(tmp_path / "new", ("cat", "dog"), per_class=1, seed=5)
@@ -53,6 +100,11 @@ def test_predict_prints_label_and_probability(smoke_run, tmp_path):
              os.path.join(folder, "dog", "dog_0000.jpg")]
     result = run_cli("predict", out, *paths)
     assert result.code == 0, result
+    assert "Skipping variable loading" not in result.stderr  # loaded for inference
+    # Nothing else either (C++ log lines aside: this test's TF_CPP_MIN_LOG_LEVEL=2
+    # lets TensorFlow's ERROR lines through; tests/test_quiet_start.py goes without).
+    assert not [line for line in result.stderr.splitlines()
+                if line.strip() and not is_startup_noise(line)], result.stderr
     lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
     assert [line[0] for line in lines] == paths
     assert all(line[1] in ("cat", "dog") and 0.5 <= float(line[2]) <= 1.0 for line in lines)

@@ -45,6 +45,9 @@ def test_smoke_run_writes_metrics_report_and_model(smoke_run):
     report = (out / "report.md").read_text()
     for line in ("held-out perplexity", "- before:", "- after:", "Do you think it will rain"):
         assert line in report, line
+    # The window's 97 tokens are explained: 96 read, each predicting the next.
+    assert (f"in {train['windows']} windows of 97 tokens: the model reads sequence_length=96 "
+            "of them and predicts each next one") in report
     assert json.loads((out / "chat.json").read_text())["template"] == chat.DEFAULT_TEMPLATE
 
 

@@ -3,7 +3,9 @@
 import csv
 import json
 import os
+import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -53,6 +55,13 @@ def test_smoke_run_writes_the_evaluation(smoke_run):
         assert [r["phase"] for r in csv.DictReader(f)] == ["head"] * 10 + ["finetune"]
 
     metrics = _json(out / "metrics.json")
+    # The same names as cats_vs_dogs for the same figures.
+    assert metrics["evaluated_on"] == "test"
+    assert 0 <= metrics["head_val_accuracy"] <= 1 and 0 <= metrics["finetune_val_accuracy"] <= 1
+    headline = [line for line in result.stderr.splitlines()
+                if line.startswith("kerastune: test_accuracy ")]
+    assert len(headline) == 1 and re.fullmatch(
+        r"kerastune: test_accuracy [\d.]{1,6}, test_roc_auc [\d.]{1,6}", headline[0]), headline
     report = _json(out / "classification_report.json")
     assert metrics["test_accuracy"] == pytest.approx(report["accuracy"])
     assert metrics["test_macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])
@@ -93,6 +102,29 @@ def test_evaluate_writes_the_same_files_into_a_subfolder(smoke_run, cli, tmp_pat
     again = _json(out / "eval-test" / "metrics.json")
     assert again["test_num_examples"] == 24 and "test_curves_skipped" in again
     assert not os.path.exists(out / "eval-test" / "roc.png")
+
+
+def test_evaluate_names_figures_as_the_run_does(smoke_run, cli, tmp_path):
+    # A folder named otherwise: the figures keep the run's names (no
+    # "other_hospital_accuracy"), and the headline is printed before the path.
+    out, _ = smoke_run
+    test_split = os.path.join(_json(out / "config.json")["config"]["data"], "test")
+    folder = shutil.copytree(test_split, tmp_path / "other_hospital")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = cli("evaluate", out, "--data", folder)
+    assert result.code == 0, result
+    # Loaded for inference: no optimizer state to skip.
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+    metrics = _json(out / "eval-other_hospital" / "metrics.json")
+    assert metrics["evaluated_on"] == "test"
+    assert metrics["evaluation_data"] == os.path.abspath(folder)
+    assert metrics["test_accuracy"] == pytest.approx(_json(out / "metrics.json")["test_accuracy"],
+                                                     abs=1e-5)
+    assert not [k for k in metrics if k.startswith("other_hospital")]
+    assert re.fullmatch(r"kerastune: test_accuracy [\d.]{1,6}, test_roc_auc [\d.]{1,6}",
+                        result.stderr.strip().splitlines()[-1]), result.stderr
+    assert result.last_line == str(out / "eval-other_hospital")
 
 
 def test_evaluate_rejects_other_classes(smoke_run, cli, tmp_path):

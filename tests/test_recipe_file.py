@@ -1,0 +1,54 @@
+"""The recipe-file reader (no execution) agrees with the imported recipes."""
+
+import dataclasses
+import typing
+
+import pytest
+
+from kerastune_lab import recipe_file
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.recipe import load_recipe
+from tests.conftest import recipe_path
+
+RECIPES = ["cats_vs_dogs", "xray_pneumonia", "imdb_sentiment", "sarcastic_chat", "lora_chat"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_fields_types_defaults_and_ranges_match_the_dataclass(name):
+    read = recipe_file.read(recipe_path(name))
+    module = load_recipe(recipe_path(name))
+    fields = dataclasses.fields(module.Config)
+    hints = typing.get_type_hints(module.Config)
+    assert list(read.fields) == [f.name for f in fields]
+    defaults = module.Config()
+    for field in fields:
+        got = read.fields[field.name]
+        if got.annotation is not recipe_file.UNKNOWN:
+            assert got.annotation == hints[field.name], field.name
+        if got.default is not recipe_file.UNKNOWN:
+            assert got.default == getattr(defaults, field.name), field.name
+        assert got.bounds == (field.metadata.get("bounds") or {}), field.name
+        assert got.choices == field.metadata.get("choices"), field.name
+    assert read.has_smoke and read.launch_lines()[0].startswith(f"kerastune run recipes/{name}")
+
+
+def test_comments_and_a_broken_file(tmp_path):
+    path = tmp_path / "r.py"
+    path.write_text('"""Doc.\n\n    kerastune run r.py x=1\n"""\nimport dataclasses\n\n\n'
+                    "@dataclasses.dataclass\nclass Config:\n"
+                    "    x: int = setting(3, ge=1)  # how many\n"
+                    "    y: float | None = None\n    z: Thing = make()  # computed\n")
+    read = recipe_file.read(path)
+    assert read.launch_lines() == ["kerastune run r.py x=1"] and not read.has_smoke
+    x, y, z = read.fields.values()
+    assert (x.default, x.bounds, x.comment) == (3, {"ge": 1}, "how many")
+    assert y.annotation == (float | None) and y.default is None
+    assert z.annotation is recipe_file.UNKNOWN and z.default is recipe_file.UNKNOWN
+    recipe_file.check_overrides(read, ["z=anything"])  # left to the full check
+    with pytest.raises(KerastuneError, match="x=0: expected >= 1"):
+        recipe_file.check_overrides(read, ["x=0"])
+    with pytest.raises(KerastuneError, match="has no smoke"):
+        recipe_file.check_overrides(read, [], smoke=True)
+    path.write_text("class Config(:\n")
+    with pytest.raises(KerastuneError, match="line 1"):
+        recipe_file.read(path)
