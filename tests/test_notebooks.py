@@ -122,7 +122,14 @@ def _children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
+# CI executes the notebooks on jax (issue 13: "on jax at least"); they also
+# pass on tensorflow and torch, where KERASTUNE_NOTEBOOKS=all runs them.
+ALL_BACKENDS = os.environ.get("KERASTUNE_NOTEBOOKS") == "all"
+
+
 @pytest.mark.large
+@pytest.mark.skipif(BACKEND != "jax" and not ALL_BACKENDS,
+                    reason="notebooks run on jax (KERASTUNE_NOTEBOOKS=all: every backend)")
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_notebook_runs(name, tmp_path, kernel_name, monkeypatch):
     from nbclient import NotebookClient
