@@ -6,9 +6,10 @@ every `fit` with a `resume.Backup` callback in the process.
         model.fit(..., callbacks=[backup])
     run_cli_with_signal("KILL@6", "run", recipe, ...)   # `kerastune` in a new process
 
-The signal is sent as the batch begins: SIGINT and SIGTERM are then held
-until it ends (the backup of that step is written), and SIGKILL leaves the
-backups of the batches before it.
+The signal is sent as the batch begins, after `Backup`'s own
+`on_train_batch_begin` (which writes the backups of the batches before):
+SIGINT and SIGTERM are then held until it ends (the backup of that step is
+written), and SIGKILL leaves the backups of the batches before it.
 """
 
 import contextlib
@@ -30,9 +31,10 @@ def signal_at_batch(name, batch):
     def on_train_batch_begin(self, index, logs=None):
         nonlocal seen
         seen += 1
+        result = original(self, index, logs)  # the backup of the batch before is written
         if seen == batch:
             os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
-        return original(self, index, logs)
+        return result
 
     Backup.on_train_batch_begin = on_train_batch_begin
     try:

@@ -204,3 +204,33 @@ def test_unfinished_run_of_the_same_config_is_resumed(tmp_path):
     assert not os.path.exists(run.file(BACKUP_DIR))
     with pytest.raises(KerastuneError, match="already holds a finished run"):
         RunDir.create(tmp_path / "r", resume=IDENTITY)
+
+
+def test_loss_not_finite_between_backups_names_its_step(tmp_path):
+    # 8 steps an epoch, backups every 3: the loss of step 5 is not finite (a NaN
+    # input; no relu, which TensorFlow makes 0 of NaN), so the run stops naming
+    # step 5, and the backup of step 3 is kept.
+    x = np.random.default_rng(1).normal(size=(32, 4, 4, 3)).astype("float32")
+    x[16:20] = np.nan  # the 5th batch of 4
+    y = np.zeros(32, "int32")
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    backup = Backup(tmp_path, save_every_steps=3)
+    with pytest.raises(LossNotFinite, match=r"loss is nan at epoch 1, step 5 \(train phase\)"
+                       r".*the backup of epoch 1, step 3 is kept"):
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, callbacks=[backup], verbose=0)
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert (state["epoch"], state["step"]) == (0, 3)
+
+
+def test_backup_keeps_keras_async_batch_callbacks(tmp_path):
+    from keras.src.backend import IS_THREAD_SAFE
+    from keras.src.callbacks.callback_list import CallbackList
+
+    # Keras runs batch-end callbacks in a thread of its own (the host does not
+    # wait for each step) only when every one with on_train_batch_end is async_safe.
+    callbacks = CallbackList([Backup(tmp_path, save_every_steps=2)], model=_model())
+    assert callbacks._async_train == IS_THREAD_SAFE
+    assert IS_THREAD_SAFE or keras.backend.backend() == "tensorflow"

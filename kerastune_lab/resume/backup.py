@@ -21,13 +21,24 @@ uninterrupted one.
 It also stops a run cleanly, keeping the last backup good: a loss that is
 not finite raises `LossNotFinite` (epoch and step named) before anything is
 saved; a signal held by `signals.handle_interrupts` is raised as
-`Interrupted` once the backup of its batch is written.
+`Interrupted` once the backup of the batch it came in is written (the
+check, and the step backups, run as the next batch begins).
+
+No host wait each step. Keras reads each step's logs on the host (which
+waits for the device) in the training thread, unless every callback with an
+`on_train_batch_end` is `async_safe`: then it runs them in a thread of its
+own (JAX and torch; TensorFlow's backend never does). Here only the loss
+check runs there: it notes the first step whose loss is not finite. The
+training thread raises `LossNotFinite` (that step named) at the next batch,
+and before each backup waits for the check to reach the backup's step, so
+a backup never holds weights after a loss that is not finite.
 """
 
 import logging
 import math
 import os
 import signal
+import threading
 
 import keras
 
@@ -37,9 +48,15 @@ from kerastune_lab.runs import BACKUP_DIR
 
 log = logging.getLogger("kerastune_lab")
 
+_CHECK_WAIT_S = 60  # at a backup, the longest wait for Keras' callback thread
+
 
 class Backup(keras.callbacks.Callback):
     """Backs up training to `run/backup/` and resumes from it (module docstring).
+
+    `async_safe`: Keras may run `on_train_batch_end` in its callback thread
+    (JAX, torch), so that the host does not wait for each step; the rest
+    runs on the training thread.
 
     Args:
         run: RunDir or str. The run directory (the backup goes in its
@@ -61,6 +78,8 @@ class Backup(keras.callbacks.Callback):
     fit_resumable(model, stream, 3, backup)  # (epoch, step) from backup.start("train")
     ```
     """
+
+    async_safe = True  # read by Keras' CallbackList: see the class docstring
 
     def __init__(self, run, save_every_steps=0, weights="all"):
         super().__init__()
@@ -84,6 +103,9 @@ class Backup(keras.callbacks.Callback):
         self._offset = 0
         self._ended_early = False
         self._torch_rng = None  # torch's generator states, put back at the first batch
+        self._checked = threading.Condition()  # guards the two below
+        self._done = (-1, 0)  # (epoch, step) whose loss was checked last
+        self._not_finite = None  # (epoch, step, loss) of the first loss not finite
 
     @property
     def resumed_phase(self):
@@ -102,6 +124,7 @@ class Backup(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         signals.set_training(self)
         self._offset, self._resume, self._ended_early = 0, None, False
+        self._done, self._not_finite = (-1, 0), None
         if self.state and self.state["phase"] == self.phase:
             self._restore()
             self._resume = (self.state["epoch"], self.state["step"])
@@ -129,27 +152,41 @@ class Backup(keras.callbacks.Callback):
         if self._torch_rng:
             snapshot.set_torch_rng_state(self._torch_rng)
             self._torch_rng = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = self._offset + batch + 1
-        self._check_loss(logs, step)
+        done = self._offset + batch  # steps of this epoch finished before this batch
+        self._raise_if_not_finite()
         steps = self.params.get("steps")
-        last = bool(steps) and step >= steps
-        if self.save_every_steps and step % self.save_every_steps == 0 and not last:
-            self._save(self._epoch, step)
-        if signals.pending() is not None and not last:
-            if self.saved != (self.phase, self._epoch, step):
-                self._save(self._epoch, step)
-            self._interrupt()
-        if self._offset and last:
-            # The resumed epoch had `_offset` batches already: end it here.
+        if self._offset and steps and done + 1 >= steps:
+            # The resumed epoch had `_offset` batches already: this is its
+            # last (fit checks `stop_training` after the batch).
             self._model.stop_training = True
             self._ended_early = True
+        if done and self.save_every_steps and done % self.save_every_steps == 0:
+            self._save(self._epoch, done)
+        if done and signals.pending() is not None:  # it came during the last batch
+            if self.saved != (self.phase, self._epoch, done):
+                self._save(self._epoch, done)
+            self._interrupt()
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Runs in Keras' callback thread where Keras dispatches asynchronously
+        (`async_safe`): notes the first step whose loss is not finite and
+        touches nothing else."""
+        loss = (logs or {}).get("loss")
+        with self._checked:
+            step = self._offset + batch + 1
+            if self._not_finite is None and loss is not None and not math.isfinite(float(loss)):
+                self._not_finite = (self._epoch, step, float(loss))
+            self._done = (self._epoch, step)
+            self._checked.notify_all()
 
     def on_epoch_end(self, epoch, logs=None):
         if self._ended_early:
             self._model.stop_training = self._ended_early = False
-        self._check_loss(logs, self.params.get("steps"))
+        self._raise_if_not_finite()  # Keras has run every batch's callbacks by now
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._not_finite = (self._epoch, self.params.get("steps"), float(loss))
+            self._raise_if_not_finite()
         self._save(epoch + 1, 0)
         if signals.pending() is not None:
             self._interrupt()
@@ -162,13 +199,20 @@ class Backup(keras.callbacks.Callback):
                     self._describe(self.saved), self.path)
         raise Interrupted(signum)
 
-    def _check_loss(self, logs, step):
-        loss = (logs or {}).get("loss")
-        if loss is None or math.isfinite(float(loss)):
+    def _raise_if_not_finite(self):
+        if self._not_finite is None:
             return
+        epoch, step, loss = self._not_finite
         signals.set_training(None)
-        raise LossNotFinite(f"loss is {float(loss)} at epoch {self._epoch + 1}, step {step} "
+        raise LossNotFinite(f"loss is {loss} at epoch {epoch + 1}, step {step} "
                             f"({self.phase} phase): training stopped; {self._kept()}")
+
+    def _wait_checked(self, step):
+        """Waits until the losses of this epoch's steps up to `step` are
+        checked (Keras' callback thread may be a few steps behind)."""
+        with self._checked:
+            self._checked.wait_for(lambda: self._done >= (self._epoch, step),
+                                   timeout=_CHECK_WAIT_S)
 
     def _kept(self):
         if self.saved:
@@ -183,6 +227,9 @@ class Backup(keras.callbacks.Callback):
         return f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
 
     def _save(self, epoch, step):
+        if step:
+            self._wait_checked(step)
+            self._raise_if_not_finite()
         model = self.model  # with jax, this syncs the training state back to the model
         info = {"phase": self.phase, "epoch": epoch, "step": step,
                 "steps_per_epoch": self.params.get("steps"), "weights": self.weights}

@@ -142,6 +142,9 @@ def test_loss_not_finite_stops_with_one_line_and_keeps_the_backup(cli, tmp_path)
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "at epoch 2, step" in errors[0] and "(finetune phase)" in errors[0], errors[0]
     assert "the backup of the end of epoch 1 is kept" in errors[0], errors[0]
+    # The folder says why it stopped: FAILED holds the line and the exit code.
+    assert (out / "FAILED").read_text() == f"{errors[0]}\nexit code: 1\n"
+    assert errors[0].removeprefix("kerastune: ") in (out / "log.txt").read_text()
     state = _state(out)
     assert (state["phase"], state["epoch"], state["step"]) == ("head", 1, 0)
     with np.load(out / "backup" / BACKUP_FILE) as f:
