@@ -91,7 +91,16 @@ def _fit(model, stream, backup, epochs=3, extra=()):
     return fit_resumable(model, stream, epochs, backup, callbacks=extra, verbose=0)
 
 
-def test_backup_resumes_mid_epoch_to_the_same_weights(tmp_path):
+def test_backup_resumes_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
+    # Every wait of a backup for the loss check must end with the step
+    # checked, never by its timeout (a resumed epoch's restored steps count
+    # as checked: before, each resume waited out the timeout).
+    from kerastune_lab.resume import backup as backup_module
+
+    waits, original = [], Backup._wait_checked
+    monkeypatch.setattr(backup_module, "_CHECK_WAIT_S", 5)
+    monkeypatch.setattr(Backup, "_wait_checked",
+                        lambda self, step: waits.append(original(self, step)) or waits[-1])
     stream = _stream()
     reference = _model()
     history = _fit(reference, stream, Backup(tmp_path / "ref", save_every_steps=1))
@@ -121,6 +130,7 @@ def test_backup_resumes_mid_epoch_to_the_same_weights(tmp_path):
                                    rtol=1e-5)
     np.testing.assert_allclose(again.history["loss"][-1], history.history["loss"][-1],
                                rtol=1e-5)
+    assert waits and all(waits), waits
 
 
 def test_trainable_backup_holds_no_frozen_weights(tmp_path):

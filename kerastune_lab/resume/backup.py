@@ -146,6 +146,8 @@ class Backup(keras.callbacks.Callback):
                                "Backup.start")
         if step:
             self._offset = step
+            with self._checked:  # the run that wrote the backup checked these steps
+                self._done = (epoch, step)
             self._restore_metrics()
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -160,7 +162,8 @@ class Backup(keras.callbacks.Callback):
             # last (fit checks `stop_training` after the batch).
             self._model.stop_training = True
             self._ended_early = True
-        if done and self.save_every_steps and done % self.save_every_steps == 0:
+        if (done and self.save_every_steps and done % self.save_every_steps == 0
+                and self.saved != (self.phase, self._epoch, done)):
             self._save(self._epoch, done)
         if done and signals.pending() is not None:  # it came during the last batch
             if self.saved != (self.phase, self._epoch, done):
@@ -211,8 +214,8 @@ class Backup(keras.callbacks.Callback):
         """Waits until the losses of this epoch's steps up to `step` are
         checked (Keras' callback thread may be a few steps behind)."""
         with self._checked:
-            self._checked.wait_for(lambda: self._done >= (self._epoch, step),
-                                   timeout=_CHECK_WAIT_S)
+            return self._checked.wait_for(lambda: self._done >= (self._epoch, step),
+                                          timeout=_CHECK_WAIT_S)
 
     def _kept(self):
         if self.saved:
