@@ -1,11 +1,13 @@
 """The `kerastune` command: a thin launcher over the library.
 
     kerastune run RECIPE [--backend B] [--smoke] [--output-dir DIR] [KEY=VALUE ...]
+    kerastune run RECIPE --help
     kerastune predict RUN_DIR IMAGE ...
     kerastune predict RUN_DIR --text "A masterpiece." [--text ...]
     kerastune chat RUN_DIR [--sampler top_p --temperature 0.8 --max-length 128 ...]
     kerastune chat --preset PRESET --adapter FILE.lora.h5 [...]
     kerastune merge RUN_DIR --output DIR
+    kerastune export RUN_DIR --format hf|peft|keras|serving --output DIR [--with-base]
     kerastune evaluate RUN_DIR --data FOLDER [--name NAME]
     kerastune info
     kerastune presets [KIND]

@@ -34,7 +34,7 @@ MEMORY_HINTS = {
     "lora_rank": "a smaller lora_rank=",
     "lora_targets": "fewer lora_targets=",
     "remat": "remat=activations",
-    "mixed_precision": "mixed_precision=true",
+    "precision": "precision=mixed_bfloat16 (mixed_float16 on a T4, P100 or V100)",
 }
 COMMAND_MEMORY_HINTS = {
     "predict": "a shorter --text, fewer images at a time, or a smaller model",

@@ -3,7 +3,7 @@
 Launch:
     kerastune run recipes/imdb_sentiment.py --smoke                  # tiny, offline, ~1 min on CPU
     kerastune run recipes/imdb_sentiment.py                          # distil_bert_base_en_uncased on TFDS imdb_reviews
-    kerastune run recipes/imdb_sentiment.py --backend torch mixed_precision=true batch_size=32
+    kerastune run recipes/imdb_sentiment.py --backend torch precision=mixed_bfloat16 batch_size=32
     kerastune run recipes/imdb_sentiment.py data="IMDB Dataset.csv" text_column=review label_column=sentiment
     kerastune run recipes/imdb_sentiment.py data=train.jsonl test_data=test.jsonl sequence_length=128
     kerastune run recipes/imdb_sentiment.py preset=bert_tiny_en_uncased epochs=3 learning_rate=5e-5

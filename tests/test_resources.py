@@ -129,6 +129,17 @@ def test_memory_hints_name_lora_and_remat_for_the_lora_recipe():
         assert hint in message
 
 
+def test_memory_hints_name_the_precision_key_not_the_old_one():
+    from kerastune_lab.cli import _recipe_config_keys
+    from tests.conftest import recipe_path
+
+    # imdb_sentiment keeps the older mixed_precision keys beside precision=.
+    keys = _recipe_config_keys(recipe_path("imdb_sentiment"))
+    message = resource_error_message(MemoryError(), "run", keys)
+    assert "precision=mixed_bfloat16" in message
+    assert "mixed_precision=" not in message
+
+
 @pytest.mark.parametrize("command, target, args, hint", [
     ("predict", "kerastune_lab.predict.predict_images", ["x.jpg"], "fewer images"),
     ("chat", "kerastune_lab.generate.load_chat_generator", [], "--max-length"),
