@@ -79,6 +79,18 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def raises_one_line(fn, *fragments):
+    """`fn()` raises a one-line KerastuneError holding every fragment."""
+    from kerastune_lab.errors import KerastuneError
+
+    with pytest.raises(KerastuneError) as excinfo:
+        fn()
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

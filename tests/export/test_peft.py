@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from kerastune_lab import testing
-from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune import lora
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, raises_one_line
 from tests.export import runs
 from tests.export.test_hf import hf_logits
 
@@ -117,15 +116,6 @@ def test_an_adapter_saved_by_peft_loads_through_load_adapter(exported, tmp_path)
     np.testing.assert_allclose(runs.logits(again, ids), expected, atol=1e-4, rtol=0)
 
 
-def _raises(fn, *fragments):
-    with pytest.raises(KerastuneError) as excinfo:
-        fn()
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-
-
 def test_a_peft_folder_for_another_base_is_one_line(exported, tmp_path):
     import shutil
 
@@ -138,16 +128,16 @@ def test_a_peft_folder_for_another_base_is_one_line(exported, tmp_path):
     config["r"] = 4
     (edited / "adapter_config.json").write_text(json.dumps(config))
     llama = keras_hub.models.CausalLM.from_preset(testing.tiny_preset("llama"))
-    _raises(lambda: lora.load_adapter(llama, edited), str(edited), "(16, 2)", "(16, 4)")
+    raises_one_line(lambda: lora.load_adapter(llama, edited), str(edited), "(16, 2)", "(16, 4)")
     gpt2 = keras_hub.models.CausalLM.from_preset(testing.tiny_preset("gpt2"))
-    _raises(lambda: lora.load_adapter(gpt2, adapter), "GPT2Backbone", "--format hf")
+    raises_one_line(lambda: lora.load_adapter(gpt2, adapter), "GPT2Backbone", "--format hf")
     config.update(r=2, use_dora=True)
     (edited / "adapter_config.json").write_text(json.dumps(config))
-    _raises(lambda: lora.load_adapter(llama, edited), "use_dora=True")
+    raises_one_line(lambda: lora.load_adapter(llama, edited), "use_dora=True")
     config.update(use_dora=False)
     (edited / "adapter_config.json").write_text(json.dumps(config))
     os.remove(edited / "adapter_model.safetensors")
-    _raises(lambda: lora.load_adapter(llama, edited), "adapter_model.safetensors")
+    raises_one_line(lambda: lora.load_adapter(llama, edited), "adapter_model.safetensors")
 
 
 def test_chat_reads_a_peft_folder(exported, cli, monkeypatch):

@@ -6,13 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from kerastune_lab import testing
-from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune import lora
 from kerastune_lab.finetune.quantize import quantize
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, raises_one_line
 
 RANK = 2
 # Adapters over a float base, weight-only int8 (ours) and Keras' default int8.
@@ -47,16 +45,6 @@ def _perturb(model, seed=0):
         layer.lora_b.assign(rng.normal(0, 0.5, layer.lora_b.shape))
 
 
-def _raises(fn, *fragments):
-    """`fn()` raises a one-line KerastuneError holding every fragment."""
-    with pytest.raises(KerastuneError) as excinfo:
-        fn()
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-
-
 def test_factorisation_of_llama_projections():
     query = lora.Factorisation("bqm,muh->bquh", (16, 4, 8))
     assert query.shapes(RANK) == ((16, RANK), (RANK, 32))
@@ -71,7 +59,7 @@ def test_factorisation_of_llama_projections():
         two_step = np.einsum(f.equation_b, hidden, b.reshape((RANK,) + f.out_dims))
         one_step = np.einsum(f.equation, x, f.delta(a, b, 1.0))
         np.testing.assert_allclose(two_step, one_step, rtol=1e-10)
-    _raises(lambda: lora.Factorisation("ab,ab->ab", (3, 3)), "'ab,ab->ab'")
+    raises_one_line(lambda: lora.Factorisation("ab,ab->ab", (3, 3)), "'ab,ab->ab'")
 
 
 def test_layers_compute_the_standard_update(tmp_path):
@@ -132,14 +120,14 @@ def test_llama2_7b_counts_without_allocating():
 
 def test_enable_lora_bad_input():
     lm = _tiny_llama()
-    _raises(lambda: lora.enable_lora(lm, 0), "lora_rank=0")
-    _raises(lambda: lora.enable_lora(lm, RANK, alpha=-1), "lora_alpha=-1")
-    _raises(lambda: lora.enable_lora(lm, RANK, targets=("query", "qkv")), "'qkv'",
+    raises_one_line(lambda: lora.enable_lora(lm, 0), "lora_rank=0")
+    raises_one_line(lambda: lora.enable_lora(lm, RANK, alpha=-1), "lora_alpha=-1")
+    raises_one_line(lambda: lora.enable_lora(lm, RANK, targets=("query", "qkv")), "'qkv'",
             "attention_output")  # names the layers there are
-    _raises(lambda: quantize(lm, "int3"), "quantize='int3'")
+    raises_one_line(lambda: quantize(lm, "int3"), "quantize='int3'")
     lora.enable_lora(lm, RANK)
-    _raises(lambda: lora.enable_lora(lm, RANK), "already")
-    _raises(lambda: quantize(lm, "int8"), "before enable_lora")
+    raises_one_line(lambda: lora.enable_lora(lm, RANK), "already")
+    raises_one_line(lambda: quantize(lm, "int8"), "before enable_lora")
 
 
 def test_lora_is_visible_through_the_backbone_helpers():
@@ -262,7 +250,7 @@ def test_load_adapter_bad_input(tmp_path):
     path = lora.save_adapter(lm, tmp_path / "a.lora.h5")
 
     def fails(model, *fragments, file=path):
-        _raises(lambda: lora.load_adapter(model, file), *fragments)
+        raises_one_line(lambda: lora.load_adapter(model, file), *fragments)
 
     fails(lora.enable_lora(_tiny_llama(), RANK + 1), "rank=2", "rank=3")
     attention = lora.enable_lora(_tiny_llama(), RANK, targets=lora.ATTENTION_TARGETS)
@@ -279,9 +267,9 @@ def test_load_adapter_bad_input(tmp_path):
     (tmp_path / "junk.lora.h5").write_bytes(b"not an h5 file")
     fails(_tiny_llama(), "not a kerastune LoRA adapter", file=tmp_path / "junk.lora.h5")
     fails(_tiny_llama(), "does not exist", file=tmp_path / "missing.lora.h5")
-    _raises(lambda: lora.save_adapter(lm, tmp_path / "a.h5"), ".lora.h5")
-    _raises(lambda: lora.merge_adapter(lm, path), "plain float base")
-    _raises(lambda: lora.save_merged_preset(path, tmp_path / "m"), "no base preset")
+    raises_one_line(lambda: lora.save_adapter(lm, tmp_path / "a.h5"), ".lora.h5")
+    raises_one_line(lambda: lora.merge_adapter(lm, path), "plain float base")
+    raises_one_line(lambda: lora.save_merged_preset(path, tmp_path / "m"), "no base preset")
     # The good case: each layer gets the factors saved under its path.
     fresh = _tiny_llama()
     assert lora.load_adapter(fresh, path)["targets"] == ["query", "value"]
