@@ -93,7 +93,8 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
     from kerastune_lab import resume
 
     identity = {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),
-                "config": config_lib.to_dict(cfg)}
+                "config": config_lib.to_dict(cfg),
+                "defaults": config_lib.to_dict(resolve_config(module, smoke))}
     run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME), overwrite=overwrite,
                         resume=identity)
     handler = _add_log_file(run)

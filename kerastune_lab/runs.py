@@ -179,9 +179,12 @@ def _normal(value):
 
 def _resumable(path, identity):
     """Whether `path` holds an unfinished run of `identity` ({"recipe",
-    "backend", "config"}) to resume. False for a finished run or a folder
+    "backend", "config"}, and optionally "defaults": the recipe's config
+    before overrides) to resume. False for a finished run or a folder
     without a kerastune config.json; a one-line `KerastuneError` for an
-    unfinished run of another recipe, backend or config."""
+    unfinished run of another recipe, backend or config. A key the saved
+    config lacks (added to the recipe since) counts as the same when it is
+    at its default here."""
     if os.path.exists(os.path.join(path, FINISHED)):
         return False
     try:
@@ -197,7 +200,10 @@ def _resumable(path, identity):
             raise KerastuneError(f"output dir {path!r} holds an unfinished run with "
                                  f"{key} {saved.get(key)!r}, not {identity[key]!r}: {fix}")
     old, new = saved["config"], _normal(identity["config"])
+    defaults = _normal(identity.get("defaults") or {})
     for key in sorted(set(old) | set(new)):
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
+            continue  # a key the recipe gained since the run started, at its default
         if old.get(key) != new.get(key):
             raise KerastuneError(f"output dir {path!r} holds an unfinished run with another "
                                  f"config ({key}={old.get(key)!r} there, {new.get(key)!r} "
@@ -252,8 +258,9 @@ class RunDir:
             min_free_mb: float or None. Free space the disk must have, in MB.
                 Defaults to $KERASTUNE_MIN_FREE_MB, else `MIN_FREE_MB`.
             resume: dict or None. {"recipe", "backend", "config"} of the run
-                to make: an unfinished run of the same ones at `path` is
-                reused (`resumed` is True), one of others is an error.
+                to make (and "defaults", see `_resumable`): an unfinished run
+                of the same ones at `path` is reused (`resumed` is True), one
+                of others is an error.
         """
         path = os.fspath(path)
         if os.path.exists(path) and not os.path.isdir(path):

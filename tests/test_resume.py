@@ -210,6 +210,17 @@ def test_unfinished_run_of_the_same_config_is_resumed(tmp_path):
         RunDir.create(tmp_path / "r", resume=other)
     with pytest.raises(KerastuneError, match="backend 'jax', not 'torch'"):
         RunDir.create(tmp_path / "r", resume=dict(IDENTITY, backend="torch"))
+    # A key the recipe gained since the run started: the same run at its
+    # default, another run at any other value.
+    newer = {"epochs": 2, "seed": 1, "jit_compile": "auto"}
+    assert RunDir.create(tmp_path / "r", resume=dict(
+        IDENTITY, config=newer, defaults=dict(newer, epochs=5))).resumed
+    with pytest.raises(KerastuneError, match=r"another config \(jit_compile=None there, "
+                                             r"'true' here\)"):
+        RunDir.create(tmp_path / "r", resume=dict(
+            IDENTITY, config=dict(newer, jit_compile="true"), defaults=newer))
+    with pytest.raises(KerastuneError, match="jit_compile=None there"):  # no defaults given
+        RunDir.create(tmp_path / "r", resume=dict(IDENTITY, config=newer))
     run.finish()  # a finished run is not resumed, and its backup is gone
     assert not os.path.exists(run.file(BACKUP_DIR))
     with pytest.raises(KerastuneError, match="already holds a finished run"):
