@@ -2,20 +2,27 @@
 dominates, in one process: steps/s side by side, with what a recipe can
 choose per backend.
 
-    python benchmarks/torch_overhead.py [--rows gpt2 resnet18] [--steps 20] [--repeats 2]
+    python benchmarks/torch_overhead.py [--rows gpt2 resnet18 distilbert lora] [--steps 20]
     python benchmarks/torch_overhead.py --compile    # also jit_compile=True (torch.compile)
+    python benchmarks/torch_overhead.py --compile --rows gpt2 distilbert lora --width 16
+                                                     # the tiny presets' width (smoke size)
 
 | row | ours (KerasHub task, `model.fit`, torch backend) | baseline (plain torch loop) |
 |---|---|---|
 | gpt2 | GPT2CausalLM, 2 layers, width 128, seq 64, batch 4 | transformers GPT2LMHeadModel, same config |
 | resnet18 | ImageClassifier(ResNetBackbone 18), 64x64, batch 4 | hand-written ResNet-18 (torchvision is not installed here) |
+| distilbert | DistilBertTextClassifier, 2 layers, width 128, seq 64, batch 4 | transformers DistilBertForSequenceClassification, same config |
+| lora | LlamaCausalLM, 2 layers, width 128, int8 base + our LoRA (rank 8) | ours eager (peft is not installed here) |
 
 Variants of ours: `dropout=0` (Keras' MultiHeadAttention then calls the
 fused `ops.dot_product_attention`, torch's SDPA; with dropout it computes
 attention by einsum and softmax), `data_format` channels_first or
 channels_last, and with `--compile` `jit_compile=True` (torch.compile; its
 first epoch compiles). Steps/s: median of `--repeats` epochs after one
-warm-up epoch. Random weights and data; CPU threads as torch sets them.
+warm-up epoch; "first epoch s": the warm-up epoch's seconds (with
+`jit_compile` its compilation). `--width` sets the width of the gpt2,
+distilbert and lora rows (16: the tiny presets of the tests). Random
+weights and data; CPU threads as torch sets them.
 """  # noqa: E501  (a markdown table row above: not broken)
 
 import argparse
@@ -29,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPT2 = dict(vocabulary_size=5000, num_layers=2, num_heads=2, hidden_dim=128,
             intermediate_dim=512, max_sequence_length=64)
 SEQ, GPT2_BATCH, IMAGE, IMAGE_BATCH, CLASSES = 64, 4, 64, 4, 10
+LORA_RANK = 8
 
 
 def keras_rate(model, x, y, batch, steps, repeats):
@@ -48,7 +56,7 @@ def keras_rate(model, x, y, batch, steps, repeats):
     timer.seconds = []
     model.fit(x, y, batch_size=batch, epochs=1 + repeats, steps_per_epoch=steps,
               callbacks=[timer], verbose=0)
-    return steps / statistics.median(timer.seconds[1:])
+    return steps / statistics.median(timer.seconds[1:]), timer.seconds[0]
 
 
 def torch_rate(model, loss_of, batches, steps, repeats):
@@ -65,7 +73,7 @@ def torch_rate(model, loss_of, batches, steps, repeats):
             loss.backward()
             optimizer.step()
         seconds.append(time.perf_counter() - start)
-    return steps / statistics.median(seconds[1:])
+    return steps / statistics.median(seconds[1:]), seconds[0]
 
 
 def gpt2_rows(args):
@@ -75,6 +83,7 @@ def gpt2_rows(args):
     import torch
     import transformers
 
+    GPT2.update(hidden_dim=args.width, intermediate_dim=4 * args.width)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, GPT2["vocabulary_size"], (GPT2_BATCH * args.steps, SEQ + 1))
     x = {"token_ids": ids[:, :-1].astype("int32"), "padding_mask": np.ones((len(ids), SEQ), bool)}
@@ -90,8 +99,8 @@ def gpt2_rows(args):
         model.compile(keras.optimizers.AdamW(1e-4),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       jit_compile=jit)
-        rows.append((f"gpt2, ours: {name}", keras_rate(model, x, y, GPT2_BATCH, args.steps,
-                                                       args.repeats)))
+        rows.append((f"gpt2, ours: {name}", *keras_rate(model, x, y, GPT2_BATCH, args.steps,
+                                                        args.repeats)))
     config = transformers.GPT2Config(vocab_size=GPT2["vocabulary_size"], n_positions=SEQ,
                                      n_embd=GPT2["hidden_dim"], n_layer=GPT2["num_layers"],
                                      n_head=GPT2["num_heads"], n_inner=GPT2["intermediate_dim"])
@@ -100,7 +109,7 @@ def gpt2_rows(args):
                                                                             GPT2_BATCH)]
     rate = torch_rate(hf, lambda m, b: m(input_ids=b, labels=b).loss, batches, args.steps,
                       args.repeats)
-    return rows, ("gpt2, transformers (sdpa, dropout 0.1)", rate)
+    return rows, ("gpt2, transformers (sdpa, dropout 0.1)", *rate)
 
 
 def resnet18_torch():
@@ -161,38 +170,118 @@ def resnet18_rows(args):
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       jit_compile=jit)
         x = images if data_format == "channels_last" else images.transpose(0, 3, 1, 2).copy()
-        rows.append((f"resnet18, ours: {name}", keras_rate(model, x, labels, IMAGE_BATCH,
-                                                           args.steps, args.repeats)))
+        rows.append((f"resnet18, ours: {name}", *keras_rate(model, x, labels, IMAGE_BATCH,
+                                                            args.steps, args.repeats)))
     net = resnet18_torch()
     loss = torch.nn.CrossEntropyLoss()
     batches = [(torch.as_tensor(images[i:i + IMAGE_BATCH].transpose(0, 3, 1, 2).copy()),
                 torch.as_tensor(labels[i:i + IMAGE_BATCH]).long())
                for i in range(0, 8 * IMAGE_BATCH, IMAGE_BATCH)]
     rate = torch_rate(net, lambda m, b: loss(m(b[0]), b[1]), batches, args.steps, args.repeats)
-    return rows, ("resnet18, plain torch (NCHW)", rate)
+    return rows, ("resnet18, plain torch (NCHW)", *rate)
+
+
+def compiled_variants(args):
+    return [("eager", False)] + ([("jit_compile", True)] if args.compile else [])
+
+
+def distilbert_rows(args):
+    import keras
+    import keras_hub
+    import numpy as np
+    import torch
+    import transformers
+
+    width, vocabulary = args.width, 5000
+    rng = np.random.default_rng(0)
+    n = GPT2_BATCH * args.steps
+    ids = rng.integers(0, vocabulary, (n, SEQ)).astype("int32")
+    x = {"token_ids": ids, "padding_mask": np.ones(ids.shape, bool)}
+    labels = rng.integers(0, 2, n).astype("int32")
+    rows = []
+    for name, jit in compiled_variants(args):
+        keras.utils.set_random_seed(0)
+        backbone = keras_hub.models.DistilBertBackbone(
+            vocabulary_size=vocabulary, num_layers=2, num_heads=2, hidden_dim=width,
+            intermediate_dim=4 * width, max_sequence_length=SEQ)
+        model = keras_hub.models.DistilBertTextClassifier(backbone, num_classes=2,
+                                                          preprocessor=None)
+        model.compile(keras.optimizers.Adam(1e-4),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=jit)
+        rows.append((f"distilbert, ours: {name}", *keras_rate(model, x, labels, GPT2_BATCH,
+                                                              args.steps, args.repeats)))
+    config = transformers.DistilBertConfig(vocab_size=vocabulary, n_layers=2, n_heads=2,
+                                           dim=width, hidden_dim=4 * width,
+                                           max_position_embeddings=SEQ, num_labels=2)
+    hf = transformers.DistilBertForSequenceClassification(config)
+    batches = [(torch.as_tensor(ids[i:i + GPT2_BATCH]).long(),
+                torch.as_tensor(labels[i:i + GPT2_BATCH]).long())
+               for i in range(0, 8 * GPT2_BATCH, GPT2_BATCH)]
+    rate = torch_rate(hf, lambda m, b: m(input_ids=b[0], labels=b[1]).loss, batches,
+                      args.steps, args.repeats)
+    return rows, ("distilbert, transformers", *rate)
+
+
+def lora_rows(args):
+    import keras
+    import keras_hub
+    import numpy as np
+
+    from kerastune_lab.finetune import lora
+
+    width, vocabulary = args.width, 5000
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocabulary, (GPT2_BATCH * args.steps, SEQ + 1))
+    x = {"token_ids": ids[:, :-1].astype("int32"), "padding_mask": np.ones((len(ids), SEQ), bool)}
+    y = ids[:, 1:].astype("int32")
+    rows = []
+    for mode in args.quantize:
+        for name, jit in compiled_variants(args):
+            keras.utils.set_random_seed(0)
+            backbone = keras_hub.models.LlamaBackbone(
+                vocabulary_size=vocabulary, num_layers=2, num_query_heads=4,
+                num_key_value_heads=2, hidden_dim=width, intermediate_dim=4 * width)
+            model = keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
+            model.quantize(mode)
+            lora.enable_lora(model, LORA_RANK, 2.0 * LORA_RANK)
+            model.compile(keras.optimizers.AdamW(1e-4),
+                          keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          jit_compile=jit)
+            rows.append((f"lora llama, {mode} base: {name}",
+                         *keras_rate(model, x, y, GPT2_BATCH, args.steps, args.repeats)))
+    return rows[1:], rows[0]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", choices=("gpt2", "resnet18"),
-                        default=["gpt2", "resnet18"])
+    parser.add_argument("--rows", nargs="+", choices=tuple(ROWS),
+                        default=["gpt2", "resnet18", "distilbert", "lora"])
     parser.add_argument("--steps", type=int, default=10, help="steps per epoch")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also jit_compile=True")
+    parser.add_argument("--width", type=int, default=128,
+                        help="width of the gpt2, distilbert and lora rows")
+    parser.add_argument("--quantize", nargs="+", choices=("int8", "int4"), default=["int8"],
+                        help="the lora row's base")
     args = parser.parse_args()
     sys.path.insert(0, ROOT)
     import keras
     import torch
 
     print(f"keras {keras.__version__}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {args.steps} steps/epoch\n")
-    print("| row | steps/s | / baseline |")
-    print("|---|---|---|")
+          f"{torch.get_num_threads()} threads, {args.steps} steps/epoch, width {args.width}\n")
+    print("| row | steps/s | / baseline | first epoch s |")
+    print("|---|---|---|---|")
     for row in args.rows:
-        ours, (base_name, base) = {"gpt2": gpt2_rows, "resnet18": resnet18_rows}[row](args)
-        print(f"| {base_name} | {base:.2f} | 1.00 |")
-        for name, rate in ours:
-            print(f"| {name} | {rate:.2f} | {rate / base:.2f} |", flush=True)
+        ours, (base_name, base, first) = ROWS[row](args)
+        print(f"| {base_name} | {base:.2f} | 1.00 | {first:.1f} |")
+        for name, rate, first in ours:
+            print(f"| {name} | {rate:.2f} | {rate / base:.2f} | {first:.1f} |", flush=True)
+
+
+ROWS = {"gpt2": gpt2_rows, "resnet18": resnet18_rows, "distilbert": distilbert_rows,
+        "lora": lora_rows}
 
 
 if __name__ == "__main__":

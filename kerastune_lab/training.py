@@ -17,7 +17,10 @@ the whole run, so a second phase or a resumed run continues the curves.
 `recipe_settings` also sets the Keras dtype policy from the config's
 `precision` before the recipe builds its model: "auto" picks it from the
 accelerator (`backend.auto_precision`); the choice goes into `config.json`
-and the log.
+and the log. And it takes the config's `jit_compile` key (where a recipe
+has one) for `choose_jit_compile`, which both compile helpers
+(`finetune.two_phase.compile_classifier`, `finetune.causal_lm.compile_causal_lm`)
+ask for `model.compile(jit_compile=...)`.
 
 Keras' `CSVLogger` appends to its file as it goes, so a crash can leave a
 half-written line; `HistoryWriter` rewrites `history.csv` atomically at each
@@ -91,6 +94,43 @@ class HistoryWriter(keras.callbacks.Callback):
 
 TENSORBOARD_DIR = "tensorboard"
 _run_tensorboard = None  # the folder of the recipe run in progress (recipe_settings)
+
+JIT_COMPILE = ("auto", "true", "false")  # the values of a recipe's `jit_compile` key
+# What "auto" means on torch: eager. torch.compile (jit_compile=True) won on
+# no recipe model enough to pay its minutes of compiling per process (ResNet
+# 1.2x, the others even or slower on a CPU; README, "The torch backend
+# beside plain torch").
+TORCH_AUTO_JIT_COMPILE = False
+_run_jit_compile = None  # the `jit_compile` key of the recipe run in progress
+
+
+def choose_jit_compile(requested=None, backend_name=None):
+    """The `jit_compile` argument of the recipes' `model.compile`.
+
+    "auto" is Keras' own "auto" on jax and tensorflow (XLA where Keras
+    supports it; tensorflow keeps it off on a CPU) and `TORCH_AUTO_JIT_COMPILE`
+    on torch. "true" / "false" (or a bool) is the user's choice, passed on.
+
+    Args:
+        requested: "auto", "true", "false", a bool, or None: the run's
+            `jit_compile` key inside `recipe_settings`, else "auto".
+        backend_name: str or None. Defaults to Keras' backend.
+
+    Returns:
+        True, False or "auto".
+    """
+    if requested is None:
+        requested = "auto" if _run_jit_compile is None else _run_jit_compile
+    if isinstance(requested, bool):
+        return requested
+    if requested not in JIT_COMPILE:
+        raise KerastuneError(f"jit_compile={requested!r}: expected one of "
+                             + ", ".join(JIT_COMPILE))
+    if requested != "auto":
+        return requested == "true"
+    if (backend_name or keras.config.backend()) == "torch":
+        return TORCH_AUTO_JIT_COMPILE
+    return "auto"
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
@@ -200,16 +240,18 @@ def _precision(config, run):
 def recipe_settings(config, run):
     """Around a recipe's `main`: sets the dtype policy of `config.precision`
     (recorded in config.json as "precision" and "accelerator", and logged),
-    and has every `fit_resumable` write TensorBoard logs into the run. Both
-    are put back afterwards.
+    has every `fit_resumable` write TensorBoard logs into the run, and
+    `choose_jit_compile` read `config.jit_compile` (where the config has
+    it). All are put back afterwards.
 
     Args:
         config: the recipe's Config.
         run: RunDir.
     """
-    global _run_tensorboard
-    previous = keras.mixed_precision.global_policy(), _run_tensorboard
+    global _run_tensorboard, _run_jit_compile
+    previous = keras.mixed_precision.global_policy(), _run_tensorboard, _run_jit_compile
     try:
+        _run_jit_compile = getattr(config, "jit_compile", None)
         chosen = _precision(config, run)
         if chosen is not None:
             policy, why = chosen
@@ -221,7 +263,7 @@ def recipe_settings(config, run):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous[0])
-        _run_tensorboard = previous[1]
+        _run_tensorboard, _run_jit_compile = previous[1:]
 
 
 def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=0,

@@ -107,6 +107,7 @@ class Config:
     max_length: int = setting(128, ge=16)  # report generations: most tokens of prompt plus reply
     report_prompts: int = setting(6, ge=0)  # how many of REPORT_PROMPTS to answer before and after
     save_every_steps: int = setting(0, ge=0)  # back up (adapter + optimizer) every N steps as well as at epoch ends; 0: epoch ends only
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
     seed: int = setting(1337, ge=0)
 
 

@@ -1,7 +1,7 @@
 """Tuning a KerasHub causal LM on packed token windows: what the two chat
 recipes (full fine-tuning and LoRA) share.
 
-    compile_causal_lm(model, learning_rate, weight_decay)
+    compile_causal_lm(model, learning_rate, weight_decay, jit_compile=None)
     fit_packed(model, train, heldout, batch_size, epochs, seed, backup, callbacks)
 
 The loss is averaged over the weighted tokens only (`sample_weight` from
@@ -13,17 +13,19 @@ import keras
 
 from kerastune_lab.data.packing import sequence_dataset, sequence_stream
 from kerastune_lab.models import detached_preprocessor
-from kerastune_lab.training import fit_resumable
+from kerastune_lab.training import choose_jit_compile, fit_resumable
 
 
-def compile_causal_lm(model, learning_rate, weight_decay=0.0):
+def compile_causal_lm(model, learning_rate, weight_decay=0.0, jit_compile=None):
     """Compiles for next-token ids with AdamW, the loss and accuracy averaged
-    over the tokens whose sample weight is not 0."""
+    over the tokens whose sample weight is not 0; `jit_compile` as
+    `training.choose_jit_compile` (None: the run's key, else per backend)."""
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
         loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight"),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=choose_jit_compile(jit_compile),
     )
 
 

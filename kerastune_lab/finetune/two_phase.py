@@ -31,13 +31,18 @@ def set_backbone_trainable(model, trainable, train_batchnorm=False):
                 layer.trainable = False
 
 
-def compile_classifier(model, learning_rate):
-    """Compiles for integer labels on logits with Adam at `learning_rate`."""
+def compile_classifier(model, learning_rate, jit_compile=None):
+    """Compiles for integer labels on logits with Adam at `learning_rate`;
+    `jit_compile` as `training.choose_jit_compile` (None: the run's key, else
+    per backend)."""
+    from kerastune_lab.training import choose_jit_compile
+
     metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=metrics,
+        jit_compile=choose_jit_compile(jit_compile),
     )
 
 
@@ -58,7 +63,8 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
     """Runs both phases and returns {phase: keras History}.
 
     Args:
-        model: a KerasHub task with a `backbone`.
+        model: a KerasHub task with a `backbone`, or a model that trains
+            one (`data.augment.Augmented`, augmentation in the model).
         train: a `data.stream.Stream` (resumable mid-epoch), a dataset for
             `model.fit`, or an `(x, y)` tuple of arrays.
         val: validation data (dataset or `(x, y)`), or None.
