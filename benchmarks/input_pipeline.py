@@ -2,20 +2,29 @@
 epochs, beside the model's own images/s on the same batches.
 
     python benchmarks/input_pipeline.py [--backend jax] [--images 2000] [--epochs 4]
-        [--model resnet50|tiny] [--model-steps 1] [--data FOLDER]
+        [--model resnet50|tiny] [--model-steps 3] [--model-batch 2] [--data FOLDER]
 
 The input is `images.load_image_data` on a class-folder tree of JPEGs (by
 default generated once: `--images` files of 300-500 x 250-375 pixels, the
 size of TFDS cats_vs_dogs photos, with smooth shapes rather than noise, so
 that they compress and decode like photos), iterated as the recipes'
-training stream, with the recipes' per-batch augmentation
-(`images.augmentation()`: flip, rotation 0.1, zoom 0.1). The first epoch
-reads, decodes and resizes every file and keeps it (`data/cache.py`); later
-epochs copy the kept images. Each input rate is the pipeline alone (no
-model), in the same process. The model is a ResNet-50-shaped KerasHub
-`ResNetImageClassifier` built from config with random weights (`--model
-tiny`: the tests' tiny one), one train step a batch of the same images, on
-this machine's CPU.
+training stream. The first epoch reads, decodes and resizes every file and
+keeps it (`data/cache.py`); later epochs copy the kept images into batches:
+the recipes augment inside the training model (`augment.Augmented`), not in
+the input pipeline. Each input rate is the pipeline alone (no model), in the
+same process. Beside it, in the same run: the old way, the recipes'
+augmentation (flip, rotation 0.1, zoom 0.1) per batch in the input pipeline
+(`images.augmentation()`, the fastest tf.data form of it), and the same
+augmentation as Keras layers alone (`images.augmentation_layers()`) as
+Keras compiles a predict step (`predict_on_batch` of a model of the layers,
+in training mode: XLA on JAX, a tf.function on TensorFlow, eager on torch),
+on this CPU. The model is a ResNet-50-shaped KerasHub `ResNetImageClassifier` built
+from config with random weights and an ImageNet-style image converter
+(`--model tiny`: the tests' tiny one), trained through `augment.Augmented`
+(augmentation, converter and model in one compiled train step), one step a
+batch of `--model-batch` of the same images, on this machine's CPU (with 2
+the whole run peaked at 4.0 GB resident on JAX, with 8 at 6.0 GB, for about
+the same images/s).
 
 The device rates a pipeline must keep up with are issue 16's figures, not
 measured here: a T4 trains ResNet-50 at about 300-400 images/s in mixed
@@ -35,6 +44,8 @@ import time
 
 T4 = (300, 400)  # issue 16: ResNet-50 images/s on a T4, mixed precision
 H100 = 4155  # issue 16: measured with plain KerasHub on JAX
+# How Keras runs a predict step, per backend (the layers alone).
+COMPILED = {"jax": "jitted (XLA)", "tensorflow": "in a tf.function", "torch": "eager"}
 
 
 def make_photos(root, count, seed=0):
@@ -65,20 +76,25 @@ def make_photos(root, count, seed=0):
     return root
 
 
-def rate(dataset):
-    """(images/s, batches) of one pass over `dataset`."""
+def rate(dataset, keep=0):
+    """(images/s, the first `keep` batches) of one pass over `dataset`."""
     start, count, batches = time.perf_counter(), 0, []
     for x, y in dataset:
         count += int(x.shape[0])
-        batches.append((x, y))
+        if len(batches) < keep:
+            batches.append((x, y))
     return count / (time.perf_counter() - start), batches
 
 
-def build_model(kind, image_size):
+def build_model(kind, image_size, seed=1):
+    """(training model, what it is): the classifier inside `augment.Augmented`
+    with the recipes' augmentation layers, compiled."""
     import keras
     import keras_hub
 
     from kerastune_lab import testing
+    from kerastune_lab.data import images
+    from kerastune_lab.data.augment import Augmented
 
     if kind == "tiny":
         model = keras_hub.models.ImageClassifier.from_preset(testing.tiny_preset("resnet"),
@@ -90,24 +106,64 @@ def build_model(kind, image_size):
             stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[3, 4, 6, 3],
             stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
             image_shape=(image_size, image_size, 3))
+        converter = keras_hub.layers.ResNetImageConverter(
+            image_size=(image_size, image_size), scale=1 / 255.0)
+        preprocessor = keras_hub.models.ResNetImageClassifierPreprocessor(converter)
         model = keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=2,
-                                                       preprocessor=None)
+                                                       preprocessor=preprocessor)
         what = "ResNet-50 shape from config, random weights, float32"
-    model.compile(keras.optimizers.Adam(1e-4),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model, what
+    trainer = Augmented(model, images.augmentation_layers(seed=seed))
+    trainer.compile(keras.optimizers.Adam(1e-4),
+                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return trainer, what
 
 
-def model_rate(model, batches, steps):
-    """Images/s of train steps on `batches` (one warm-up step first)."""
+def model_rate(model, batches, steps, batch_size):
+    """Images/s of train steps on `batch_size` images of each of `batches`
+    (one warm-up step first, which compiles)."""
     import numpy as np
 
-    arrays = [(np.asarray(x), np.asarray(y)) for x, y in batches[:steps + 1]]
+    arrays = [(np.asarray(x)[:batch_size], np.asarray(y)[:batch_size])
+              for x, y in batches[:steps + 1]]
     model.train_on_batch(*arrays[0])  # compiles
     start = time.perf_counter()
     for x, y in arrays[1:steps + 1]:
         model.train_on_batch(x, y)
     return sum(len(x) for x, _ in arrays[1:steps + 1]) / (time.perf_counter() - start)
+
+
+def augmentation_rate(layers, batches, count=4, repeats=2):
+    """Images/s of Keras augmentation `layers` alone, in training mode, as
+    `augment.Augmented` runs them (on torch: rotation and zoom batched), a
+    compiled predict step (jitted on JAX, a tf.function on TensorFlow) on
+    this machine's CPU; the best of `repeats` passes over `count` of
+    `batches`, after one batch that compiles."""
+    import keras
+    import numpy as np
+
+    class Augment(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.augmentation = list(layers)
+
+        def call(self, images, training=False):
+            from kerastune_lab.data import torch_affine
+
+            with torch_affine.batched():  # as `Augmented` runs them (torch: batched)
+                for layer in self.augmentation:
+                    images = layer(images, training=True)
+            return images
+
+    augment = Augment()
+    arrays = [np.asarray(x) for x, _ in batches if len(x) == len(batches[0][0])][:count + 1]
+    augment.predict_on_batch(arrays[0])  # compiles
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for x in arrays[1:]:
+            augment.predict_on_batch(x)
+        best = max(best, sum(map(len, arrays[1:])) / (time.perf_counter() - start))
+    return best
 
 
 def covers(images_per_s):
@@ -130,8 +186,10 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4, help="input epochs timed")
     parser.add_argument("--model", choices=("resnet50", "tiny"), default="resnet50")
-    parser.add_argument("--model-steps", type=int, default=1,
+    parser.add_argument("--model-steps", type=int, default=3,
                         help="timed train steps after one to compile")
+    parser.add_argument("--model-batch", type=int, default=2,
+                        help="images a train step (a CPU's images/s barely depends on it)")
     parser.add_argument("--cache", default="auto", help="auto, memory, file or none")
     args = parser.parse_args()
 
@@ -147,34 +205,38 @@ def main():
     os.environ.setdefault("KERASTUNE_CACHE", os.path.join(work, "cache"))
     data_dir = args.data or make_photos(os.path.join(work, f"photos-{args.images}"),
                                         args.images)
-    augment = images.augmentation()  # what the recipes use: flip, rotation 0.1, zoom 0.1
+    # As the recipes load it: no augmentation in the input pipeline.
     data = images.load_image_data(data_dir, args.size, args.batch_size, val_split=0.1,
-                                  seed=1, augment=augment, cache=args.cache)
+                                  seed=1, cache=args.cache)
     stream = data.train_stream
-    first, batches = rate(stream.epoch(0))
+    first, batches = rate(stream.epoch(0), keep=max(args.model_steps + 1, 5))
     later = [rate(stream.epoch(e))[0] for e in range(1, args.epochs)]
-    # The same kept images without augmentation, and with a cheaper one.
-    plain = copy.copy(stream)
-    plain.augment = ()
-    bare = rate(plain.epoch(args.epochs))[0]
-    cheap = copy.copy(stream)
-    cheap.augment = images.augmentation(rotation=0)
-    no_rotation = rate(cheap.epoch(args.epochs))[0]
-    model, what = build_model(args.model, args.size)
-    model_ips = model_rate(model, batches, args.model_steps)
     later_ips = statistics.median(later) if later else float("nan")
+    # The old way: the same kept images, augmented per batch in the pipeline.
+    old = copy.copy(stream)
+    old.augment = images.augmentation()  # flip, rotation 0.1, zoom 0.1, as the recipes
+    in_pipeline = rate(old.epoch(args.epochs))[0]
+    layers = images.augmentation_layers(seed=1)
+    in_model = augmentation_rate(layers, batches)
+    model, what = build_model(args.model, args.size)
+    model_ips = model_rate(model, batches, args.model_steps, args.model_batch)
 
     cache = getattr(stream, "cache", None)
     print(f"backend {name}, keras {keras.__version__}, {os.cpu_count()} CPU cores, load average "
           f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (shared machine: "
           "other processes lower these figures)")
     print(f"{data.num_train} training JPEGs from {data_dir}, {args.size}x{args.size}, batch "
-          f"{args.batch_size}, augmentation {augment}, cache {cache.where if cache else 'none'}")
-    print(f"model ({what}), train step: {model_ips:.1f} images/s")
-    print(f"later epochs, no augmentation: {bare:.0f} images/s; flip+zoom only: "
-          f"{no_rotation:.0f} images/s")
-    print(f"later epochs {covers(later_ips)}")
-    print(f"first epoch: {first:.0f} images/s at {args.size}x{args.size}")
+          f"{args.batch_size}, cache {cache.where if cache else 'none'}")
+    print(f"augmentation (flip, rotation 0.1, zoom 0.1), this CPU: in the input pipeline "
+          f"(old, images.augmentation(), later epochs): {in_pipeline:.0f} images/s; "
+          f"Keras layers alone, {COMPILED.get(name, 'compiled')} "
+          f"({', '.join(type(x).__name__ for x in layers)}): "
+          f"{in_model:.0f} images/s")
+    print(f"model ({what}), train step with the in-model augmentation, this CPU, batch "
+          f"{args.model_batch}: {model_ips:.1f} images/s")
+    print(f"first epoch (read, decode, resize, keep): {first:.0f} images/s at "
+          f"{args.size}x{args.size}")
+    print(f"later epochs (kept images, batched; augmentation in the model) {covers(later_ips)}")
     print(f"later epochs: {later_ips:.0f} images/s at {args.size}x{args.size}")
     return 0
 

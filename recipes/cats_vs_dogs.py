@@ -8,6 +8,11 @@ Launch:
 Then:
     kerastune predict runs/cats_vs_dogs-<time> my_cat.jpg
 
+The random flips, rotations and zooms run inside the training model, on the
+accelerator (`augment.Augmented`); the input pipeline only reads the images,
+decoded once and kept, and batches them. The saved model is the plain
+classifier, without augmentation.
+
 Phase 1 trains only the new 2-class head at `head_learning_rate` with the
 backbone frozen; phase 2 unfreezes the backbone (BatchNorm stays in inference
 mode) and trains everything at `learning_rate`. Training is backed up at each
@@ -21,6 +26,7 @@ import logging
 from kerastune_lab import testing
 from kerastune_lab.config import setting
 from kerastune_lab.data import images
+from kerastune_lab.data.augment import Augmented
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune import two_phase
@@ -49,6 +55,7 @@ class Config:
     zoom: float = setting(0.1, ge=0, lt=1)  # augmentation: largest zoom, fraction of the image size
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
     seed: int = setting(1337, ge=0)
 
 
@@ -77,24 +84,28 @@ def main(config, run):
     # before any dataset download.
     preset = resolve_preset(config.preset, keras_hub.models.ImageClassifier)
 
-    # Data: decoded, resized, augmented (training split only), prefetched; the
-    # training batches are a function of (seed, epoch), so a resumed run sees
-    # the same ones.
-    augment = images.augmentation(config.flip or None, config.rotation, config.zoom)
+    # Data: decoded and resized once, then kept; shuffled and batched, a
+    # function of (seed, epoch), so a resumed run sees the same batches.
     data = images.load_image_data(config.data, config.image_size, config.batch_size,
-                                  config.val_split, config.seed, augment)
+                                  config.val_split, config.seed)
     log.info("data: %d train / %d val images, classes %s", data.num_train, data.num_val,
              data.class_names)
     run.write_json("labels.json", data.class_names)
 
     # Model: the preset's backbone with a new head for our classes.
     model = load_image_classifier(preset, num_classes=len(data.class_names))
+    # Augmentation (training only) inside the model that trains it, on the
+    # accelerator; `model` itself is saved, without it.
+    trainer = Augmented(model, images.augmentation_layers(
+        config.flip or None, config.rotation, config.zoom, seed=config.seed))
+    log.info("augmentation in the training model, training only: %s",
+             ", ".join(type(layer).__name__ for layer in trainer.augmentation) or "none")
 
     # Training: two phases, switched with `trainable` flags, backed up as
     # they go (an interrupted run resumes from the backup).
     history = HistoryWriter(run)
     two_phase.fine_tune(
-        model, data.train_stream, data.val,
+        trainer, data.train_stream, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
         callbacks=[history],
@@ -108,7 +119,7 @@ def main(config, run):
     metrics = evaluate_classifier(run, y_true, probs, data.class_names, prefix="val")
     metrics.update({f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
                     for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)})
-    metrics["val_loss"], metrics["val_accuracy"] = model.evaluate(data.val, verbose=0)
+    metrics["val_loss"], metrics["val_accuracy"] = trainer.evaluate(data.val, verbose=0)
     metrics.update(num_train=data.num_train, num_val=data.num_val, skipped=data.skipped)
 
     # Saving: the model as a KerasHub preset, then the metrics and the report.

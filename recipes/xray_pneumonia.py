@@ -16,6 +16,10 @@ Data: `data` holds the Kaggle "Chest X-Ray Images (Pneumonia)" layout,
 few to validate on, so a stratified `val_split` of `train/` is used instead
 (logged, and written to config.json under "validation").
 
+Augmentation (small rotations, zoom, contrast; no flip by default) runs
+inside the training model, on the accelerator (`augment.Augmented`); the
+saved model is the plain classifier, without it.
+
 Imbalance (about 1 NORMAL to 3 PNEUMONIA in train): the loss weighs each
 class by n / (classes * n_class) with `class_weight=balanced`; or give the
 weights, or `oversample=true` to repeat NORMAL images instead. The weights
@@ -35,6 +39,7 @@ import os
 from kerastune_lab import testing
 from kerastune_lab.config import setting
 from kerastune_lab.data import images, xray
+from kerastune_lab.data.augment import Augmented
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.evaluate.classification import headline
@@ -70,6 +75,7 @@ class Config:
     target_recall: float = setting(0.95, gt=0, le=1)  # recall of positive_class to choose a decision threshold for
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
     seed: int = setting(1337, ge=0)
 
 
@@ -99,13 +105,10 @@ def main(config, run):
     # before the images are read.
     preset = resolve_preset(config.preset, keras_hub.models.ImageClassifier)
 
-    # Data: train/val/test decoded to 3 channels, resized, augmented (train only).
-    augment = images.augmentation(config.flip or None, config.rotation, config.zoom,
-                                  config.contrast)
+    # Data: train/val/test decoded to 3 channels (grayscale too), resized, kept.
     data = xray.load_split_tree(
         config.data, config.image_size, config.batch_size, min_val_images=config.min_val_images,
-        val_split=config.val_split, oversample=config.oversample, seed=config.seed,
-        augment=augment)
+        val_split=config.val_split, oversample=config.oversample, seed=config.seed)
     log.info("data: images per class %s; training on %d", data.counts, data.num_train)
     run.write_json("labels.json", data.class_names)
     if config.positive_class not in data.class_names:
@@ -122,12 +125,18 @@ def main(config, run):
 
     # Model: the preset's backbone with a new head for our classes.
     model = load_image_classifier(preset, num_classes=len(data.class_names))
+    # Augmentation (training only) inside the model that trains it, on the
+    # accelerator; `model` itself is saved, without it.
+    trainer = Augmented(model, images.augmentation_layers(
+        config.flip or None, config.rotation, config.zoom, config.contrast, seed=config.seed))
+    log.info("augmentation in the training model, training only: %s",
+             ", ".join(type(layer).__name__ for layer in trainer.augmentation) or "none")
 
     # Training: two phases, switched with `trainable` flags, the loss
     # class-weighted, backed up as they go (the same command resumes).
     history = HistoryWriter(run)
     two_phase.fine_tune(
-        model, data.train_stream, data.val,
+        trainer, data.train_stream, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
         callbacks=[history],
@@ -142,7 +151,7 @@ def main(config, run):
                                   target_recall=config.target_recall, prefix="test")
     metrics.update({f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
                     for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)})
-    metrics["val_loss"], metrics["val_accuracy"] = model.evaluate(data.val, verbose=0)
+    metrics["val_loss"], metrics["val_accuracy"] = trainer.evaluate(data.val, verbose=0)
     metrics.update(counts=data.counts, skipped=data.skipped)
 
     # Saving: the model as a KerasHub preset, then the metrics and the report.

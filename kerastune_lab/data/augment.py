@@ -1,29 +1,52 @@
-"""Random image augmentation, vectorised per batch and seeded by a key.
+"""Random image augmentation: inside the training model (`Augmented`, what
+the recipes use), or per batch in the input pipeline (`Augmentation`).
 
+    # On the accelerator: Keras' random layers in front of the classifier,
+    # in a model used only to train it.
+    trainer = Augmented(model, images.augmentation_layers("horizontal", 0.1, 0.1, seed=1))
+    two_phase.fine_tune(trainer, data.train_stream, data.val, ...)   # or compile + fit
+    run.save_model(model)                    # the classifier itself: no augmentation in it
+
+    # In the input pipeline, on the CPU (a plain `model.fit` on the task):
     augment = Augmentation(flip="horizontal", rotation=0.1, zoom=0.1)
     images = augment(images, key)   # uint8 or float32 (batch, h, w, 3) -> float32; key: int64 (2,)
 
-The same key gives the same augmentation, on every backend, so a training
-`Stream` can augment batch i of epoch e with a key made of (seed, e, i) and a
-resumed run sees the batches of the run it continues.
+Why inside the model: on a 2-core machine the input pipeline cannot rotate
+and zoom 224x224 images as fast as a GPU trains on them (a few hundred
+images/s here; a T4 takes 300-400, an H100 over 4,000:
+`benchmarks/input_pipeline.py`). In the training model the augmentation is
+compiled with the train step (XLA on JAX, `tf.function` on TensorFlow) and
+runs on the accelerator, so from the second epoch the input only copies
+cached images into batches. Why a separate training model rather than
+layers inside the KerasHub classifier: the classifier stays a plain KerasHub
+preset (saved, loaded, predicted with and exported as before, by KerasHub
+alone, with no class of this project), and Keras' random layers are only
+called in training. It works the same on JAX, TensorFlow and torch; the
+layers' seed states are variables of the training model, so a backup holds
+them and a resumed run draws the augmentation of the run it continues.
 
-Written here rather than taken from Keras' `RandomFlip`, `RandomRotation`
-and `RandomZoom` layers because of speed in a tf.data map on a 2-core CPU:
-the three layers resample the image once each (`ImageProjectiveTransformV3`)
-and ran at about 110 images/s at 224x224 on this project's machine (under
-load), while `Augmentation` resamples once for all of them, and without a
-rotation crops and resizes each image with `tf.image.resize`, several times
-faster than the projective transform (`benchmarks/input_pipeline.py` prints
-the rates). The distributions are Keras': an angle uniform in +-`rotation`
+`Augmentation` (in the pipeline) is written here rather than taken from
+Keras' `RandomFlip`, `RandomRotation` and `RandomZoom` layers because of
+speed in a tf.data map on a 2-core CPU: the three layers resample the image
+once each (`ImageProjectiveTransformV3`) and ran at about 110 images/s at
+224x224 on this project's machine (under load), while `Augmentation`
+resamples once for all of them, and without a rotation crops and resizes
+each image with `tf.image.resize`, several times faster than the
+projective transform. The same key gives the same augmentation, on every
+backend, so a training `Stream` can augment batch i of epoch e with a key
+made of (seed, e, i) and a resumed run sees the batches of the run it
+continues. The distributions are Keras': an angle uniform in +-`rotation`
 of a full turn, a zoom factor uniform in 1 +- `zoom` (above 1 zooms out),
 the edges filled by reflection (Keras' `fill_mode="reflect"`), a contrast
 factor uniform in 1 +- `contrast` around each image's mean. A rotated uint8
 image is resampled as uint8 (values rounded down, within 1 of float).
-Keras' layers stay the choice for augmentation inside a model, on the
-accelerator (`images.augmentation_layers`).
 """
 
 import math
+
+import keras
+
+from kerastune_lab.data import torch_affine
 
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 
@@ -98,6 +121,60 @@ class Augmentation:
             mean = tf.reduce_mean(images, axis=(1, 2, 3), keepdims=True)
             images = tf.clip_by_value((images - mean) * factor + mean, 0.0, 255.0)
         return images
+
+
+class Augmented(keras.Model):
+    """A model that trains `model` on randomly augmented images.
+
+    Calling it runs, inside one model that `fit` compiles with its train
+    step: the images (float 0-255 or uint8) cast to float32, then the
+    `augmentation` layers in training only, then `model`'s own image
+    converter (`model.preprocessor.image_converter`: resize and rescale, as
+    `model.predict` applies it), then `model`. It holds `model` itself, not
+    a copy: training it trains `model`; `model` holds no augmentation, so
+    save, predict with and export `model`, not this (a training device only).
+
+    Args:
+        model: a KerasHub image task (e.g. an `ImageClassifier`), or any
+            Keras model taking float 0-255 images when it has no
+            `preprocessor`.
+        augmentation: list of Keras random preprocessing layers
+            (`images.augmentation_layers(...)`), run in float32 whatever the
+            dtype policy.
+
+    `backbone` is `model.backbone`, so `two_phase.fine_tune` trains it as it
+    trains `model`. The layers draw from their own seed states, variables of
+    this model (not of `model`): a backup of it holds them.
+    """
+
+    def __init__(self, model, augmentation, **kwargs):
+        kwargs.setdefault("dtype", model.dtype_policy)  # mixed_float16: loss scaling
+        super().__init__(**kwargs)
+        self.model = model
+        self.augmentation = list(augmentation)
+        preprocessor = getattr(model, "preprocessor", None)
+        self.converter = getattr(preprocessor, "image_converter", None)
+
+    @property
+    def backbone(self):
+        return self.model.backbone
+
+    def build(self, input_shape):
+        # No weights of its own; `model` is built, the layers have none.
+        for layer in self.augmentation:
+            layer.build(input_shape)
+        self.built = True
+
+    def call(self, images, training=False):
+        images = keras.ops.cast(images, "float32")
+        if training:
+            # On torch, Keras' rotation and zoom resample the batch at once.
+            with torch_affine.batched():
+                for layer in self.augmentation:
+                    images = layer(images, training=True)
+        if self.converter is not None:
+            images = self.converter(images)
+        return self.model(images, training=training)
 
 
 def _flip(images, flip_x, flip_y):

@@ -12,9 +12,11 @@ Files that are not images, or images that cannot be read, are skipped with a
 warning that counts them. Keras' `image_dataset_from_directory` does neither
 (it fails on the first bad file) and cannot split stratified, hence this
 module. Images are decoded and resized once and then kept (`cache.py`:
-memory when they fit, else a file), so later epochs only copy them; random
-augmentation runs per batch (`augment.py`). Every dataset has a known number
-of batches.
+memory when they fit, else a file), so later epochs only copy them. Random
+augmentation runs inside the training model, on the accelerator
+(`augmentation_layers`, `augment.Augmented`: the recipes), or per batch in
+the input pipeline (`augment=augmentation()`, for a plain `fit` on the
+task). Every dataset has a known number of batches.
 """
 
 import dataclasses
@@ -24,7 +26,6 @@ import os
 import numpy as np
 
 from kerastune_lab.data import tfds_builder, tfds_load
-from kerastune_lab.data.augment import Augmentation
 from kerastune_lab.data.cache import ImageCache, decoded, file_fingerprint, fingerprint
 from kerastune_lab.data.stream import Stream
 from kerastune_lab.errors import KerastuneError
@@ -41,8 +42,8 @@ class ImageData:
 
     `train` and `val` are what `model.fit(data.train, validation_data=data.val)`
     takes: tf.data.Datasets of (float32 images 0-255, int32 labels) batches,
-    with a known number of batches; `train` is shuffled and augmented anew
-    each epoch. `train_stream` is the same training data as a resumable
+    with a known number of batches; `train` is shuffled anew each epoch (and
+    augmented, given `augment=`). `train_stream` is the same training data as a resumable
     `stream.Stream` (epoch e a function of (seed, e)), for
     `training.fit_resumable`.
     """
@@ -174,14 +175,23 @@ def decode_uint8(contents, image_size):
 
 def augmentation(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0):
     """Random augmentation for the training data, applied per batch in the
-    input pipeline (an `augment.Augmentation`; see there for the arguments)."""
+    input pipeline, on the CPU (an `augment.Augmentation`; see there for the
+    arguments). The recipes augment inside the training model instead
+    (`augmentation_layers` and `augment.Augmented`), which keeps a GPU busy."""
+    from kerastune_lab.data.augment import Augmentation
+
     return Augmentation(flip, rotation, zoom, contrast)
 
 
 def augmentation_layers(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0, seed=None):
-    """Returns Keras random-augmentation layers, e.g. to run augmentation
-    inside a model, on the accelerator (a loader's `augment=` takes them too,
-    but `augmentation()` is several times faster there).
+    """Returns Keras random-augmentation layers, to run the augmentation
+    inside a model, on the accelerator (`augment.Augmented(model, layers)`;
+    a loader's `augment=` takes them too, but `augmentation()` is several
+    times faster in the input pipeline).
+
+    The layers compute in float32 whatever the dtype policy (rotating in
+    float16 would blur the sampling grid), fill the edges by reflection, and
+    take values 0-255. They are identity at inference (`training=False`).
 
     Args:
         flip: str or None. "horizontal", "vertical", "horizontal_and_vertical"
@@ -189,20 +199,30 @@ def augmentation_layers(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0,
         rotation: float. Largest rotation, as a fraction of a full turn.
         zoom: float. Largest zoom in or out, as a fraction of the size.
         contrast: float. Largest contrast change, as a fraction.
-        seed: int or None.
+        seed: int or None. Each layer gets a seed of its own from it (the
+            same seed would draw the same numbers for the flip and the
+            angle). None: from Keras' global seed.
     """
     import keras
 
-    layers = []
+    from kerastune_lab.data.augment import Augmentation
+
+    Augmentation(flip, rotation, zoom, contrast)  # checks the arguments
+    made = []
+
+    def add(cls, *args, **kwargs):
+        own = None if seed is None else seed + 1009 * len(made)
+        made.append(cls(*args, seed=own, dtype="float32", **kwargs))
+
     if flip:
-        layers.append(keras.layers.RandomFlip(flip, seed=seed))
+        add(keras.layers.RandomFlip, flip)
     if rotation:
-        layers.append(keras.layers.RandomRotation(rotation, fill_mode="reflect", seed=seed))
+        add(keras.layers.RandomRotation, rotation, fill_mode="reflect")
     if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed))
+        add(keras.layers.RandomZoom, zoom, fill_mode="reflect")
     if contrast:
-        layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=seed))
-    return layers
+        add(keras.layers.RandomContrast, contrast, value_range=(0, 255))
+    return made
 
 
 def pipeline(ds, batch_size):

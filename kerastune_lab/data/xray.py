@@ -42,7 +42,7 @@ class SplitData:
     `train`, `val` and `test` are tf.data.Datasets of (float32 images 0-255,
     int32 labels) batches with a known number of batches, for a plain
     `model.fit(data.train, validation_data=data.val)`; `train` is shuffled
-    and augmented anew each epoch. `train_stream` is the training data as a
+    anew each epoch (and augmented, given `augment=`). `train_stream` is the training data as a
     resumable `stream.Stream`, for `training.fit_resumable`.
     """
 

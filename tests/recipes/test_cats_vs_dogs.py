@@ -93,6 +93,32 @@ def test_each_phase_is_announced_on_the_console_and_in_the_log(smoke_run):
     assert first < second
 
 
+def test_augmentation_runs_in_the_training_model_and_the_saved_model_has_none(smoke_run):
+    import keras_hub
+    from sklearn.metrics import roc_auc_score
+
+    from kerastune_lab.data import images
+    from kerastune_lab.models import load_run_model
+    from kerastune_lab.predict import predict_dataset
+    from kerastune_lab.runs import RunDir
+
+    out, result = smoke_run
+    assert ("kerastune: augmentation in the training model, training only: RandomFlip, "
+            "RandomRotation, RandomZoom") in result.stderr
+    saved = "".join(p.read_text() for p in (out / "model").glob("*.json"))
+    assert "ImageClassifier" in saved and "Random" not in saved
+    # Loaded back, it predicts the validation split as the run did before saving.
+    config = json.loads((out / "config.json").read_text())["config"]
+    data = images.load_image_data(config["data"], config["image_size"], config["batch_size"],
+                                  config["val_split"], config["seed"], cache="none")
+    model = load_run_model(RunDir.open(str(out)), keras_hub.models.ImageClassifier,
+                           compile=False)
+    labels, probs = predict_dataset(model, data.val)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert float((probs.argmax(-1) == labels).mean()) == pytest.approx(metrics["val_accuracy"])
+    assert roc_auc_score(labels, probs[:, 1]) == pytest.approx(metrics["val_roc_auc"], abs=1e-6)
+
+
 def test_predict_prints_label_and_probability(smoke_run, tmp_path):
     out, _ = smoke_run
     folder = testing.make_image_folder(tmp_path / "new", ("cat", "dog"), per_class=1, seed=5)

@@ -76,6 +76,35 @@ def test_smoke_run_writes_the_evaluation(smoke_run):
     assert "carved a stratified" in markdown and "Decision threshold" in markdown
 
 
+def test_augmentation_runs_in_the_training_model_and_the_saved_model_has_none(smoke_run):
+    import keras_hub
+    from sklearn.metrics import roc_auc_score
+
+    from kerastune_lab.data import xray
+    from kerastune_lab.models import load_run_model
+    from kerastune_lab.predict import predict_dataset
+    from kerastune_lab.runs import RunDir
+
+    out, result = smoke_run
+    # No flip by default (a heart is on the left); the contrast varies.
+    assert ("kerastune: augmentation in the training model, training only: RandomRotation, "
+            "RandomZoom, RandomContrast") in result.stderr
+    saved = "".join(p.read_text() for p in (out / "model").glob("*.json"))
+    assert "ImageClassifier" in saved and "Random" not in saved
+    # Loaded back, it predicts the test split (grayscale, RGB and 16-bit files)
+    # as the run did before saving.
+    config = _json(out / "config.json")["config"]
+    data = xray.load_split_tree(config["data"], config["image_size"], config["batch_size"],
+                                val_split=config["val_split"], seed=config["seed"],
+                                cache="none")
+    model = load_run_model(RunDir.open(str(out)), keras_hub.models.ImageClassifier,
+                           compile=False)
+    labels, probs = predict_dataset(model, data.test)
+    metrics = _json(out / "metrics.json")
+    assert float((probs.argmax(-1) == labels).mean()) == pytest.approx(metrics["test_accuracy"])
+    assert roc_auc_score(labels, probs[:, 1]) == pytest.approx(metrics["test_roc_auc"], abs=1e-6)
+
+
 def test_evaluate_writes_the_same_files_into_a_subfolder(smoke_run, cli, tmp_path):
     out, _ = smoke_run
     test_split = os.path.join(_json(out / "config.json")["config"]["data"], "test")
