@@ -28,12 +28,9 @@ of the backbone), and quantizes the preset's float weights one layer at a
 time as they are read: each layer's float weights go into a float twin of
 that layer, Keras' own `quantize` turns them into int8, and the int8 values
 go into the model. So the float weights in memory at any time are one
-layer's, and the result is the same as `from_preset` then `quantize`.
-The twin is built with zeros (no random initialisation of a layer about to
-be overwritten), and Keras' host quantizers run a slice at a time inside
-(`_lean_keras_quantizers`): Keras' own expressions, so the same values,
-without four whole-size float32 temporaries of the largest layer
-(benchmarks/load_memory.py measures the peak).
+layer's (a slice of one, for large Dense and embedding layers), and the
+result is the same as `from_preset` then `quantize` (quantize_load.py:
+how, and what it saves; benchmarks/load_memory.py measures the peak).
 This works for KerasHub-format presets (Kaggle handles such as
 `llama2_7b_en`, folders written by `save_to_preset`); Hugging Face
 checkpoints (`hf://`, converted by KerasHub) are loaded in `dtype` and then
@@ -42,13 +39,13 @@ weights while loading them.
 """
 
 import contextlib
+import gc
 import logging
 import warnings
 
-import numpy as np
-
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune._backbone import abstract_weights, backbone_of, has_lora
+from kerastune_lab.finetune.quantize_load import quantize_float_weights_on_load
 
 log = logging.getLogger("kerastune_lab")
 
@@ -104,7 +101,38 @@ def quantize(model, mode):
         # Keras warns once per layer type it leaves as is (norms, dropout...).
         warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
         keras_mode = "int8" if mode == "int8_dynamic" else mode
-        backbone_of(model).quantize(keras_mode, config=_config(mode))
+        with _frozen_gc():
+            backbone_of(model).quantize(keras_mode, config=_config(mode))
+    return model
+
+
+@contextlib.contextmanager
+def _frozen_gc():
+    """Inside, Python's cycle collector skips the objects that existed before
+    (`gc.freeze`). Keras runs a full `gc.collect()` for every variable a
+    quantizing layer drops (`Layer.__delattr__`), hundreds in a 7B model,
+    and each went over every object of the runtime (TensorFlow, JAX, Keras):
+    35 of 62 s of a 2-layer 7B-width load here. The objects made inside are
+    collected as before."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _own_policies(model):
+    """Gives each layer built under a `DTypePolicyMap` its own policy from the
+    map. Keras reads the quantization mode of a layer from the map at some
+    places (`quantization_mode`) and from `dtype_policy` at others
+    (`Dense._get_kernel_with_merged_lora`, when saving), where a map has
+    none: `save_weights` of such a model failed ("Invalid dtype: object")."""
+    import keras
+
+    for layer in backbone_of(model)._flatten_layers(include_self=False):
+        policy = layer._dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path in policy:
+            layer._dtype_policy = policy[layer.path]
     return model
 
 
@@ -139,138 +167,6 @@ def _is_quantizable(layer):
     cls = type(layer)
     return ("quantize" in cls.__dict__ and cls.quantize is not keras.layers.Layer.quantize
             and len(list(layer._flatten_layers())) == 1)
-
-
-_CHUNK = 1 << 22  # elements of one slice of a lean quantization (16 MB in float32)
-
-
-def _slices(shape, skip):
-    """Index tuples that cut an array of `shape` into slices of about _CHUNK
-    elements along its largest axis not in `skip` (the reduced axes)."""
-    free = [a for a in range(len(shape)) if a not in skip]
-    if not free:
-        yield (slice(None),) * len(shape)
-        return
-    axis = max(free, key=lambda a: shape[a])
-    per_step = max(1, int(np.prod(shape)) // max(shape[axis], 1))
-    step = max(1, _CHUNK // per_step)
-    for start in range(0, shape[axis], step):
-        index = [slice(None)] * len(shape)
-        index[axis] = slice(start, start + step)
-        yield tuple(index)
-
-
-def _lean_abs_max_quantize(inputs, axis, value_range=(-127, 127), dtype="int8",
-                           epsilon=None, to_numpy=False, original=None):
-    """Keras' `abs_max_quantize(..., to_numpy=True)`, slice by slice: Keras'
-    own numpy expressions on slices of about _CHUNK elements (the scale is
-    float32, so the products are too), the same values without Keras' four
-    whole-size float32 temporaries."""
-    from keras import ops
-    from keras.src import backend
-    from keras.src.quantizers.quantizers import standardize_axis_for_numpy
-
-    if epsilon is None:
-        epsilon = backend.epsilon()
-    if not to_numpy:
-        return original(inputs, axis, value_range, dtype, epsilon, to_numpy)
-    original_dtype = backend.standardize_dtype(inputs.dtype)
-    inputs = ops.convert_to_numpy(inputs)
-    axes = standardize_axis_for_numpy(axis)
-    axes = tuple(a % inputs.ndim for a in (axes if isinstance(axes, tuple) else (axes,)))
-    amax = np.zeros([1 if a in axes else n for a, n in enumerate(inputs.shape)], inputs.dtype)
-    for index in _slices(inputs.shape, axes):
-        amax[_scale_index(index, axes)] = np.max(np.abs(inputs[index]), axis=axes,
-                                                 keepdims=True)
-    scale = np.divide(value_range[1], np.add(amax, epsilon))  # as Keras: small
-    outputs = np.empty(inputs.shape, dtype)
-    for index in _slices(inputs.shape, axes):
-        product = np.multiply(inputs[index], scale[_scale_index(index, axes)])
-        outputs[index] = np.clip(np.round(product), value_range[0], value_range[1])
-    del inputs
-    return ops.convert_to_tensor(outputs), ops.convert_to_tensor(scale, dtype=original_dtype)
-
-
-def _scale_index(index, axes):
-    return tuple(slice(None) if a in axes else part for a, part in enumerate(index))
-
-
-def _lean_grouped_numpy(inputs, block_size, value_range, dtype, epsilon, original=None):
-    """Keras' `_abs_max_quantize_grouped_with_zero_point_numpy` (int4 with
-    blocks), a slice of groups at a time: groups are independent, and each
-    slice runs Keras' own expressions, so the values are the same."""
-    from keras import ops
-
-    input_dim, output_dim = inputs.shape
-    if input_dim % block_size or input_dim * output_dim <= _CHUNK:
-        return original(inputs, block_size, value_range, dtype, epsilon)
-    groups = max(1, _CHUNK // (block_size * output_dim))
-    rows = groups * block_size
-    parts = [[], [], []]
-    for start in range(0, input_dim, rows):
-        part = original(inputs[start:start + rows], block_size, value_range, dtype, epsilon)
-        for kept, value in zip(parts, part):
-            kept.append(ops.convert_to_numpy(value))
-    return tuple(ops.convert_to_tensor(np.concatenate(kept, axis=0)) for kept in parts)
-
-
-@contextlib.contextmanager
-def _lean_keras_quantizers():
-    """Inside, Keras' host (numpy) quantizers run slice by slice (see above)."""
-    import functools
-
-    from keras.src.quantizers import quantizers
-
-    names = ("abs_max_quantize", "_abs_max_quantize_grouped_with_zero_point_numpy")
-    saved = {name: getattr(quantizers, name) for name in names}
-    try:
-        quantizers.abs_max_quantize = functools.partial(
-            _lean_abs_max_quantize, original=saved[names[0]])
-        setattr(quantizers, names[1], functools.partial(_lean_grouped_numpy,
-                                                        original=saved[names[1]]))
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(quantizers, name, function)
-
-
-@contextlib.contextmanager
-def _quantize_float_weights_on_load(classes, mode, source):
-    """Inside, quantized layers of `classes` that are handed float weights by
-    `load_own_variables` quantize them on the way in (see the module docstring)."""
-    keras_mode, config = _keras_mode(mode), _config(mode)
-    saved = {}
-
-    def wrap(original):
-        def load_own_variables(self, store):
-            if self.quantization_mode != keras_mode:
-                return original(self, store)
-            zeros = {key: "zeros" for key, value in self.get_config().items()
-                     if key.endswith("_initializer") and value}  # no random init
-            twin = type(self).from_config(dict(self.get_config(), **zeros, dtype=source))
-            twin.build(**self._build_shapes_dict)
-            original(twin, store)  # the float weights, as a float layer reads them
-            twin.quantize(keras_mode, config=config)
-            values = {}
-            twin.save_own_variables(values)
-            original(self, values)
-            for name in ("quantization_config", "inputs_quantizer"):
-                if hasattr(twin, name):
-                    setattr(self, name, getattr(twin, name))
-        return load_own_variables
-
-    originals = {cls: cls.load_own_variables for cls in classes}  # before any is wrapped
-    try:
-        for cls, original in originals.items():
-            saved[cls] = cls.__dict__.get("load_own_variables")
-            cls.load_own_variables = wrap(original)
-        yield
-    finally:
-        for cls, method in saved.items():
-            if method is None:
-                del cls.load_own_variables
-            else:
-                cls.load_own_variables = method
 
 
 def quantized_policy_map(backbone_cls, config, mode, dtype=None):
@@ -316,7 +212,7 @@ def build_quantized(backbone_cls, config, mode, dtype=None):
             layer.quantization_config = _config(mode)
             if mode == "int8" and hasattr(layer, "inputs_quantizer"):
                 layer.inputs_quantizer = None  # weight-only, as `_config` says
-    return backbone
+    return _own_policies(backbone)
 
 
 def load_quantized(task_cls, preset, mode, dtype=None, **kwargs):
@@ -357,7 +253,7 @@ def load_quantized(task_cls, preset, mode, dtype=None, **kwargs):
         # Saved quantized (e.g. llama2_7b_en_int8): loaded as saved, and an
         # error below if that is not `mode`.
         log.info("preset %s is saved quantized: loading it as saved", preset)
-        return quantize(from_preset(task_cls, preset, **kwargs), mode)
+        return quantize(_own_policies(from_preset(task_cls, preset, **kwargs)), mode)
     if not isinstance(loader, KerasPresetLoader):
         log.info("preset %s is not a KerasHub-format preset: loading it in %s, then "
                  "quantizing to %s", preset, dtype or "the default dtype", mode)
@@ -366,10 +262,10 @@ def load_quantized(task_cls, preset, mode, dtype=None, **kwargs):
     policy_map, layers = quantized_policy_map(
         loader.check_backbone_class(), loader.config["config"], mode, source)
     classes = {type(layer) for layer in layers}
-    with (warnings.catch_warnings(), _quantize_float_weights_on_load(classes, mode, source),
-          _lean_keras_quantizers()):
+    with (warnings.catch_warnings(), _frozen_gc(),
+          quantize_float_weights_on_load(classes, _keras_mode(mode), _config(mode), source)):
         warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
-        task = from_preset(task_cls, preset, dtype=policy_map, **kwargs)
+        task = _own_policies(from_preset(task_cls, preset, dtype=policy_map, **kwargs))
     got = quantization_mode(task)
     if got != mode:  # a layer Keras would quantize that this copy missed
         raise KerastuneError(f"quantize={mode}: loading {preset!r} quantized gave a "

@@ -27,6 +27,28 @@ def test_load_quantized_equals_quantize_after_loading(mode):
                                   keras.ops.convert_to_numpy(after(x)))
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_model_loaded_quantized_saves_and_reloads_its_weights(mode, tmp_path):
+    # Built under a DTypePolicyMap: Keras' saving read the quantization mode
+    # from the map (none) and failed with "Invalid dtype: object".
+    import keras
+    import keras_hub
+
+    preset = testing.tiny_preset("llama")
+    loaded = load_quantized(keras_hub.models.CausalLM, preset, mode, preprocessor=None)
+    path = str(tmp_path / "q.weights.h5")
+    loaded.save_weights(path)
+    other = quantize(keras_hub.models.CausalLM.from_preset(preset, preprocessor=None), mode)
+    for weight in other.weights:  # overwritten by the load below
+        weight.assign(np.zeros(weight.shape, keras.backend.standardize_dtype(weight.dtype)))
+    other.load_weights(path)
+    want = {w.path: keras.ops.convert_to_numpy(w) for w in loaded.weights}
+    got = {w.path: keras.ops.convert_to_numpy(w) for w in other.weights}
+    assert sorted(want) == sorted(got)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_lean_host_quantizers_give_keras_values(dtype, monkeypatch):
     # load_quantized runs Keras' numpy quantizers slice by slice (no whole-size
@@ -34,7 +56,7 @@ def test_lean_host_quantizers_give_keras_values(dtype, monkeypatch):
     import keras
     from keras.src.quantizers import quantizers
 
-    from kerastune_lab.finetune import quantize as module
+    from kerastune_lab.finetune import quantize_load as module
 
     monkeypatch.setattr(module, "_CHUNK", 1000)  # many slices at test sizes
     rng = np.random.default_rng(0)
@@ -73,3 +95,70 @@ def test_load_quantized_bfloat16_int4_equals_quantize_after_loading():
     assert sorted(want) == sorted(got)
     for path, value in want.items():
         np.testing.assert_array_equal(got[path], value, err_msg=path)
+
+
+@pytest.mark.parametrize("mode,shard_gb,uneven", [("int8", None, False), ("int4", None, True),
+                                                  ("int8", 2e-5, True)])
+def test_sliced_load_gives_keras_values(mode, shard_gb, uneven, tmp_path, monkeypatch):
+    # Large Dense and embedding layers are quantized a slice twin at a time,
+    # read a slice at a time from a bfloat16 preset's h5 file (sharded: a
+    # layer split across files is read whole): Keras' own values, bit for bit.
+    import keras
+    import keras_hub
+
+    from kerastune_lab.finetune import quantize_load
+
+    float_lm = keras_hub.models.CausalLM.from_preset(testing.tiny_preset("llama"),
+                                                     preprocessor=None, dtype="bfloat16")
+    float_lm.save_to_preset(str(tmp_path), **({"max_shard_size": shard_gb} if shard_gb else {}))
+    monkeypatch.setattr(quantize_load, "_SLICE", 200)  # slices at test sizes
+    if uneven:  # slices that do not divide the layer: a smaller last one
+        monkeypatch.setattr(quantize_load, "_step", lambda size, per_unit: 7)
+    sliced, real = [], quantize_load._load_sliced
+
+    def spy(layer, *args):
+        done = real(layer, *args)
+        sliced.append(type(layer).__name__) if done else None
+        return done
+
+    monkeypatch.setattr(quantize_load, "_load_sliced", spy)
+    after = quantize(keras_hub.models.CausalLM.from_preset(str(tmp_path), preprocessor=None,
+                                                           dtype="bfloat16"), mode)
+    while_loading = load_quantized(keras_hub.models.CausalLM, str(tmp_path), mode,
+                                   dtype="bfloat16", preprocessor=None)
+    assert {"ReversibleEmbedding", "Dense"} <= set(sliced)
+    want = {w.path: keras.ops.convert_to_numpy(w) for w in after.weights}
+    got = {w.path: keras.ops.convert_to_numpy(w) for w in while_loading.weights}
+    assert sorted(want) == sorted(got)
+    for path, value in want.items():
+        assert got[path].dtype == value.dtype, path
+        np.testing.assert_array_equal(got[path], value, err_msg=path)
+
+
+def test_read_slice_equals_keras_store(tmp_path):
+    # A slice read from the h5 file is Keras' store value, sliced (bfloat16 too).
+    import h5py
+    import ml_dtypes
+    from keras.src.saving.saving_lib import H5IOStore
+
+    from kerastune_lab.finetune.quantize_load import _entries, _read
+
+    path = str(tmp_path / "w.weights.h5")
+    values = np.random.default_rng(0).standard_normal((2, 30, 20)).astype("float32")
+    store = H5IOStore(path, mode="w")
+    entry = store.make("layer")
+    entry["0"] = values[0].astype(ml_dtypes.bfloat16)
+    entry["1"] = values[1]
+    store.close()
+    store = H5IOStore(path, mode="r")
+    entry = store.get("layer")
+    lazy = _entries(entry)
+    assert all(isinstance(value, h5py.Dataset) for value in lazy.values())
+    for key in ("0", "1"):
+        whole = entry[key]
+        for index in [np.s_[3:11, :], np.s_[:, 5:19], np.s_[:, :]]:
+            part = _read(lazy[key], index)
+            assert part.dtype == whole.dtype
+            np.testing.assert_array_equal(part.view("uint8"),
+                                          np.ascontiguousarray(whole[index]).view("uint8"))
+    store.close()
