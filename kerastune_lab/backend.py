@@ -18,12 +18,12 @@ DEFAULT_BACKEND = "jax"
 
 # backend name -> (module that must be importable, how to install it)
 BACKENDS = {
-    "jax": ("jax", "pip install jax, or the project's extra: pip install -e '.[jax]'  "
-                   "(NVIDIA GPU: '.[jax-cuda12]')"),
+    "jax": ("jax", "pip install jax, or the extra: pip install 'kerastune-lab[jax]'  "
+                   "(NVIDIA GPU: 'kerastune-lab[jax-cuda12]')"),
     "tensorflow": ("tensorflow", "pip install tensorflow  (GPU: 'tensorflow[and-cuda]')"),
     "torch": (
         "torch",
-        "pip install torch, or the project's extra: pip install -e '.[torch]'  (CPU only: "
+        "pip install torch, or the extra: pip install 'kerastune-lab[torch]'  (CPU only: "
         "pip install torch --index-url https://download.pytorch.org/whl/cpu)",
     ),
 }
@@ -87,6 +87,33 @@ def hide_gpus_from_tensorflow():
             tf.config.set_visible_devices([], "GPU")
         except RuntimeError:  # devices already initialised: nothing to do
             pass
+
+
+FRAMEWORKS = ("jax", "tensorflow", "torch")  # the distributions behind the backends
+
+
+def default_backend():
+    """The backend a run would use without --backend: KERAS_BACKEND, else jax."""
+    return (os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND).strip().lower()
+
+
+def installed_versions():
+    """{distribution: version or "not installed"} of the toolkit, keras,
+    keras-hub and the backends' frameworks, from the installed metadata
+    (nothing imported, so it answers at once)."""
+    import importlib.metadata
+
+    found = {}
+    for name in ("kerastune_lab", "keras", "keras-hub") + FRAMEWORKS:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    if found["kerastune_lab"] == "not installed":  # a checkout run without installing
+        from kerastune_lab import __version__
+
+        found["kerastune_lab"] = __version__ + " (not installed)"
+    return found
 
 
 def framework_version(name):

@@ -1,7 +1,9 @@
 """The `kerastune` command: a thin launcher over the library.
 
+    kerastune recipes
     kerastune run RECIPE [--backend B] [--smoke] [--output-dir DIR] [KEY=VALUE ...]
     kerastune run RECIPE --help
+    kerastune cp RECIPE [DEST]
     kerastune predict RUN_DIR IMAGE ...
     kerastune predict RUN_DIR --text "A masterpiece." [--text ...]
     kerastune chat RUN_DIR [--sampler top_p --temperature 0.8 --max-length 128 ...]
@@ -11,6 +13,11 @@
     kerastune evaluate RUN_DIR --data FOLDER [--name NAME]
     kerastune info
     kerastune presets [KIND]
+    kerastune --version
+
+RECIPE is the name of a shipped recipe (`kerastune recipes` lists them) or
+the path of a recipe file (`./my_recipe.py`, `recipes/lora_chat.py` in a
+checkout).
 
 The backend is chosen before anything imports keras. Exit codes: 0 done,
 2 bad input (usage, config, data: one line, no traceback), 1 anything else,
@@ -68,14 +75,30 @@ def _select(flag):
     return name
 
 
+def _version_line(ctx, param, value):
+    """`kerastune --version`: the toolkit, keras, keras-hub and the backends,
+    read from the installed metadata (nothing imported: instant)."""
+    if not value or ctx.resilient_parsing:
+        return
+    versions = backend_lib.installed_versions()
+    click.echo(f"kerastune_lab {versions['kerastune_lab']} (keras {versions['keras']}, "
+               f"keras-hub {versions['keras-hub']}; backend {backend_lib.default_backend()}; "
+               + ", ".join(f"{name} {versions[name]}" for name in backend_lib.FRAMEWORKS)
+               + ")")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_version_line, help="Show the versions of the toolkit, keras, "
+              "keras-hub and the backends, and exit.")
 def cli():
     """Fine-tune pre-trained KerasHub models on JAX, TensorFlow or PyTorch."""
     _setup_logging()
 
 
 @cli.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
-@click.argument("recipe", type=click.Path(dir_okay=False), required=False)
+@click.argument("recipe", required=False)
 @BACKEND_OPTION
 @click.option("--smoke", is_flag=True,
               help="Tiny offline preset, small generated data, short schedule.")
@@ -88,22 +111,25 @@ def cli():
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx, recipe, backend, smoke, output_dir, overwrite, show_help, overrides):
-    """Run RECIPE (a recipe file) with KEY=VALUE config overrides.
+    """Run RECIPE with KEY=VALUE config overrides.
 
-    `kerastune run RECIPE --help` lists the recipe's launch lines and its
-    config keys with their types, defaults and comments.
+    RECIPE is a shipped recipe's name (`kerastune recipes` lists them) or
+    the path of a recipe file. `kerastune run RECIPE --help` lists the
+    recipe's launch lines and its config keys with their types, defaults
+    and comments.
     """
-    from kerastune_lab import recipe_file
+    from kerastune_lab import recipe_file, shipped
 
     if show_help:
-        text = recipe_file.help_text(recipe_file.read(recipe)) if recipe is not None else None
+        text = (recipe_file.help_text(recipe_file.read(shipped.resolve(recipe)[0]))
+                if recipe is not None else None)
         click.echo(ctx.get_help())
         if text:
             click.echo("\n" + text)
         return
     if recipe is None:
-        raise click.UsageError("missing argument RECIPE (a recipe file, e.g. "
-                               "recipes/cats_vs_dogs.py)")
+        raise click.UsageError("missing argument RECIPE (a shipped recipe's name, e.g. "
+                               "cats_vs_dogs, or a recipe file; `kerastune recipes` lists them)")
     for item in overrides:
         if item.startswith("-"):
             raise click.UsageError(f"unknown option {item!r}")
@@ -111,7 +137,8 @@ def run(ctx, recipe, backend, smoke, output_dir, overwrite, show_help, overrides
     # recipe file, the keys, types and ranges of the overrides, a data=
     # path, the run folder. The backend name first, as it is the cheapest.
     backend_lib.resolve_backend(backend)
-    recipe_file.precheck(recipe, overrides, smoke=smoke, output_dir=output_dir,
+    path, _ = shipped.resolve(recipe)
+    recipe_file.precheck(path, overrides, smoke=smoke, output_dir=output_dir,
                          overwrite=overwrite)
     _select(backend)
     from kerastune_lab.recipe import run_recipe
@@ -119,6 +146,28 @@ def run(ctx, recipe, backend, smoke, output_dir, overwrite, show_help, overrides
     result = run_recipe(recipe, smoke=smoke, overrides=overrides,
                         output_dir=output_dir, overwrite=overwrite)
     click.echo(result.path)
+
+
+@cli.command("recipes")
+def list_recipes():
+    """List the shipped recipes, one line each (run one with `kerastune run NAME`)."""
+    from kerastune_lab import shipped
+
+    names = shipped.names()
+    width = max(map(len, names))
+    for name in names:
+        click.echo(f"{name:<{width}}  {shipped.summary(name)}")
+
+
+@cli.command("cp")
+@click.argument("recipe")
+@click.argument("dest", required=False)
+def copy_recipe(recipe, dest):
+    """Copy the shipped RECIPE to DEST (a new .py file, or a folder; defaults
+    to ./RECIPE.py) to edit it, then run the copy: `kerastune run ./RECIPE.py`."""
+    from kerastune_lab import shipped
+
+    click.echo(shipped.copy(recipe, dest))
 
 
 @cli.command()
@@ -175,8 +224,8 @@ def predict(run_dir, images, texts, backend):
 @BACKEND_OPTION
 def chat(run_dir, adapter, preset, sampler, temperature, top_k, top_p, num_beams, max_length,
          seed, backend):
-    """Chat with the model of a chat run (e.g. recipes/sarcastic_chat.py), or with
-    a LoRA run or adapter (recipes/lora_chat.py: the base, quantized as
+    """Chat with the model of a chat run (e.g. the sarcastic_chat recipe), or with
+    a LoRA run or adapter (the lora_chat recipe: the base, quantized as
     recorded, with the adapter on top).
 
     In a terminal: an interactive prompt (Ctrl-D ends). With standard input
@@ -233,7 +282,7 @@ def merge(run_dir, output, preset, backend):
     adapter = os.path.join(run_dir, ADAPTER_FILE) if os.path.isdir(run_dir) else run_dir
     if os.path.isdir(run_dir) and not os.path.isfile(adapter):
         raise KerastuneError(f"run dir {run_dir!r} has no {ADAPTER_FILE}: expected a LoRA "
-                             "run (recipes/lora_chat.py) or an adapter file")
+                             "run (kerastune run lora_chat) or an adapter file")
     if os.path.exists(output):
         raise KerastuneError(f"output {output!r} already exists: expected a new folder "
                              "(remove it or choose another --output)")
@@ -306,6 +355,9 @@ def info(backend):
     import keras
     import keras_hub
 
+    import kerastune_lab
+
+    click.echo(f"kerastune_lab: {kerastune_lab.__version__}")
     click.echo(f"backend: {name}")
     click.echo(f"keras: {keras.__version__}")
     click.echo(f"keras-hub: {keras_hub.__version__}")
@@ -343,16 +395,16 @@ def _command(argv):
     """(command, recipe file or None) from the command line's words."""
     words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
     command = words[0] if words else None
-    recipes = [w for w in words[1:] if w.endswith(".py")] if command == "run" else []
+    recipes = [w for w in words[1:] if "=" not in w] if command == "run" else []
     return command, (recipes[0] if recipes else None)
 
 
-def _recipe_config_keys(path):
+def _recipe_config_keys(recipe):
     """The field names of a recipe's `Config`, read without running the file."""
-    from kerastune_lab import recipe_file
+    from kerastune_lab import recipe_file, shipped
 
     try:
-        return tuple(recipe_file.read(path).fields)
+        return tuple(recipe_file.read(shipped.resolve(recipe)[0]).fields)
     except KerastuneError:
         return ()
 
@@ -367,7 +419,7 @@ def main(argv=None):
         code = cli.main(args=argv, prog_name="kerastune", standalone_mode=False)
     except KerastuneError as e:
         click.echo(f"kerastune: error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))  # 1 for an IncompatibleVersion
     except click.exceptions.Abort:
         click.echo("kerastune: aborted", err=True)
         sys.exit(130)

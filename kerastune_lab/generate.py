@@ -182,7 +182,7 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
         if not os.path.exists(run.file(CHAT_FILE)):
             raise KerastuneError(
                 f"run dir {run_dir!r} has no {CHAT_FILE}: not a chat run (expected a run of a "
-                "chat recipe such as recipes/sarcastic_chat.py)")
+                "chat recipe such as sarcastic_chat)")
         settings = run.read_json(CHAT_FILE)
         dtype = run.read_json("config.json").get("config", {}).get("dtype")
         if not os.path.isdir(run.file("model")) and os.path.exists(run.file(ADAPTER_FILE)):

@@ -25,7 +25,7 @@ import shlex
 import sys
 
 from kerastune_lab import config as config_lib
-from kerastune_lab import errors
+from kerastune_lab import errors, shipped
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.runs import RunDir, default_run_dir, package_versions
 
@@ -33,8 +33,9 @@ log = logging.getLogger("kerastune_lab")
 
 
 def load_recipe(path):
-    """Imports a recipe file as a module and checks it has Config and main."""
-    path = os.fspath(path)
+    """Imports a recipe (a file, or the name of a shipped one) as a module and
+    checks it has Config and main."""
+    path, _ = shipped.resolve(path)
     if not os.path.isfile(path):
         raise KerastuneError(f"recipe file {path!r} does not exist")
     if not path.endswith(".py"):
@@ -72,7 +73,8 @@ def _add_log_file(run):
 
 
 def resume_command(path, backend, smoke, overrides, output_dir):
-    """The `kerastune run` command line that resumes a run, shell-quoted."""
+    """The `kerastune run` command line that resumes a run, shell-quoted
+    (`path` as the user named the recipe: a shipped name or a file)."""
     words = ["kerastune", "run", os.fspath(path), "--backend", backend]
     words += ["--smoke"] if smoke else []
     words += ["--output-dir", os.fspath(output_dir), *overrides]
@@ -80,12 +82,17 @@ def resume_command(path, backend, smoke, overrides, output_dir):
 
 
 def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False):
-    """Runs a recipe file end to end and returns its RunDir.
+    """Runs a recipe end to end and returns its RunDir.
+
+    `path` is a recipe file or the name of a shipped recipe
+    (`run_recipe("cats_vs_dogs", smoke=True)`).
 
     The backend must already be chosen (`kerastune_lab.backend.use_backend`).
     An unfinished run in `output_dir` of the same recipe, backend and config
     is resumed from its backup.
     """
+    named = path
+    path, _ = shipped.resolve(path)
     module = load_recipe(path)
     cfg = resolve_config(module, smoke, overrides)
     import keras
@@ -98,7 +105,7 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
     run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME), overwrite=overwrite,
                         resume=identity)
     handler = _add_log_file(run)
-    command = resume_command(path, identity["backend"], smoke, overrides, run.path)
+    command = resume_command(named, identity["backend"], smoke, overrides, run.path)
     try:
         if run.resumed:
             log.info("resuming the unfinished run in %s", run.path)

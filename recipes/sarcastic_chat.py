@@ -1,18 +1,19 @@
 """Sarcastic chatbot: GPT-2 tuned on prompt/response pairs, loss on the replies only.
 
 Launch:
-    kerastune run recipes/sarcastic_chat.py --smoke                # tiny GPT-2, offline, ~1 min on CPU
-    kerastune run recipes/sarcastic_chat.py                        # gpt2_base_en on the shipped pairs
-    kerastune run recipes/sarcastic_chat.py --backend torch epochs=5 learning_rate=3e-5
-    kerastune run recipes/sarcastic_chat.py data=my_chats.jsonl heldout_data=my_heldout.jsonl
-    kerastune run recipes/sarcastic_chat.py loss_on=all pack=false sequence_length=256
+    kerastune run sarcastic_chat --smoke                           # tiny GPT-2, offline, ~1 min on CPU
+    kerastune run sarcastic_chat                                   # gpt2_base_en on the shipped pairs
+    kerastune run sarcastic_chat --backend torch epochs=5 learning_rate=3e-5
+    kerastune run sarcastic_chat data=my_chats.jsonl heldout_data=my_heldout.jsonl
+    kerastune run sarcastic_chat loss_on=all pack=false sequence_length=256
 Then:
     kerastune chat runs/sarcastic_chat-<time>                      # interactive
     echo "Is it Monday again?" | kerastune chat runs/sarcastic_chat-<time> --sampler greedy
 
-Data: `recipes/data/sarcastic_chat.jsonl` (306 prompt/response pairs and 10
-multi-turn conversations written for this project) is trained on;
-`recipes/data/sarcastic_chat_heldout.jsonl` (40 more) is never trained on and
+Data: `sarcastic_chat.jsonl` (306 prompt/response pairs and 10 multi-turn
+conversations written for this project, shipped with the package: `data_file`)
+is trained on;
+`sarcastic_chat_heldout.jsonl` (40 more) is never trained on and
 gives the held-out perplexity before and after tuning. Each conversation is
 rendered with `template`, tokenised with the model's own tokenizer (role
 markers always the same ids), weighted 1 on the assistant's tokens only, and
@@ -21,7 +22,6 @@ packed into `sequence_length` windows (see `kerastune_lab.data.chat`).
 
 import dataclasses
 import logging
-import os
 
 from kerastune_lab import testing
 from kerastune_lab.config import setting
@@ -31,18 +31,18 @@ from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
 from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
 from kerastune_lab.models import load_task
 from kerastune_lab.resume import Backup
+from kerastune_lab.shipped import data_file  # the chat pairs that ship with the package
 from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 @dataclasses.dataclass
 class Config:
     preset: str = "gpt2_base_en"  # KerasHub causal LM preset, kaggle:// or hf:// handle, or a preset folder
-    data: str = os.path.join(DATA_DIR, "sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
-    heldout_data: str = os.path.join(DATA_DIR, "sarcastic_chat_heldout.jsonl")  # same format, never trained on
+    data: str = data_file("sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
+    heldout_data: str = data_file("sarcastic_chat_heldout.jsonl")  # same format, never trained on
     template: str = chat.DEFAULT_TEMPLATE  # holds {prompt} then {response}; {eos} = the tokenizer's end token
     loss_on: str = setting("assistant", choices=("assistant", "all"))  # assistant: loss on the replies only; all: on every token
     sequence_length: int = setting(128, ge=16)  # tokens a training window (the model sees windows of this length)

@@ -2,11 +2,11 @@
 imbalanced classes, evaluated past accuracy.
 
 Launch:
-    kerastune run recipes/xray_pneumonia.py --smoke                  # tiny, offline, ~1 min on CPU
-    kerastune run recipes/xray_pneumonia.py data=~/chest_xray        # resnet_50_imagenet on the Kaggle set
-    kerastune run recipes/xray_pneumonia.py data=~/chest_xray class_weight=none oversample=true
-    kerastune run recipes/xray_pneumonia.py data=~/chest_xray "class_weight={'NORMAL': 3.0, 'PNEUMONIA': 1.0}"
-    kerastune run recipes/xray_pneumonia.py data=~/chest_xray target_recall=0.98 --backend torch
+    kerastune run xray_pneumonia --smoke                             # tiny, offline, ~1 min on CPU
+    kerastune run xray_pneumonia data=~/chest_xray                   # resnet_50_imagenet on the Kaggle set
+    kerastune run xray_pneumonia data=~/chest_xray class_weight=none oversample=true
+    kerastune run xray_pneumonia data=~/chest_xray "class_weight={'NORMAL': 3.0, 'PNEUMONIA': 1.0}"
+    kerastune run xray_pneumonia data=~/chest_xray target_recall=0.98 --backend torch
 Then:
     kerastune evaluate runs/xray_pneumonia-<time> --data ~/other_hospital/test
     kerastune predict runs/xray_pneumonia-<time> person1_virus_6.jpeg

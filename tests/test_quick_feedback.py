@@ -90,7 +90,7 @@ def test_run_recipe_help_lists_launch_lines_and_keys():
     assert result.code == 0, result
     out = result.stdout
     assert "Usage: kerastune run" in out
-    assert "kerastune run recipes/xray_pneumonia.py data=~/chest_xray class_weight=none " \
+    assert "kerastune run xray_pneumonia data=~/chest_xray class_weight=none " \
            "oversample=true" in out
     assert "kerastune evaluate runs/xray_pneumonia-<time> --data ~/other_hospital/test" in out
     lines = out.splitlines()
