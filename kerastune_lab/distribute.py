@@ -76,6 +76,15 @@ def model_parallel_sizes(backbone_cls, backbone_config, num_devices):
             and uneven_weight(backbone_cls, backbone_config, num_devices, m) is None]
 
 
+def preset_backbone(preset):
+    """(backbone class, backbone config) of a preset, read from its config
+    alone (no weights): what `make_distribution` lays a model out by."""
+    from kerastune_lab import compat
+
+    loader = compat.preset_loader(preset)
+    return loader.check_backbone_class(), loader.config["config"]
+
+
 def make_distribution(mode, backbone_cls=None, model_parallel=None, backbone_config=None):
     """Returns a `keras.distribution.Distribution`, or None for "none".
 

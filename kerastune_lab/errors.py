@@ -17,7 +17,17 @@ import sys
 
 
 class KerastuneError(Exception):
-    """Bad input (usage, config or data): one line, exit code 2 from the CLI."""
+    """Bad input (usage, config or data): one line, exit code 2 from the CLI
+    (a subclass may set another `exit_code`)."""
+
+
+class IncompatibleVersion(KerastuneError):
+    """An installed Keras or KerasHub outside the range kerastune_lab was
+    tested with, where a private name it needs is used (`compat`): one line
+    naming the package, its version and the range; exit code 1 (the
+    environment, not the input)."""
+
+    exit_code = 1
 
 
 # OSError numbers that mean "this disk cannot take the file": full, over
@@ -170,10 +180,11 @@ class LossNotFinite(RunStopped):
 
 
 def exit_code(exc):
-    """The exit code of `kerastune` for `exc`: 2 bad input, the code of a
-    download failure or a stopped run, 1 anything else."""
+    """The exit code of `kerastune` for `exc`: 2 bad input (1 for an
+    `IncompatibleVersion`), the code of a download failure or a stopped run,
+    1 anything else."""
     if isinstance(exc, KerastuneError):
-        return 2
+        return getattr(exc, "exit_code", 2)
     return getattr(exc, "exit_code", 1) if isinstance(exc, (DownloadFailed, RunStopped)) else 1
 
 

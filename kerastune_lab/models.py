@@ -110,10 +110,10 @@ def safe_loading():
     a preset's own tokenizer files.) Safe mode refuses to deserialise Python
     lambdas (code); a refusal becomes a one-line `KerastuneError`.
     """
-    from keras.src.saving.serialization_lib import SafeModeScope
+    from kerastune_lab import compat
 
     try:
-        with SafeModeScope(None):  # None: every deserialisation defaults to safe
+        with compat.safe_mode_scope(None):  # None: every deserialisation defaults to safe
             yield
     except ValueError as e:
         if "safe_mode" not in str(e) or "lambda" not in str(e).lower():

@@ -52,7 +52,7 @@ import os
 from kerastune_lab import testing
 from kerastune_lab.config import setting
 from kerastune_lab.data import chat
-from kerastune_lab.distribute import make_distribution, remat_scope
+from kerastune_lab.distribute import make_distribution, preset_backbone, remat_scope
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import REPORT_PROMPTS, chat_metrics, chat_report, perplexity
 from kerastune_lab.finetune import lora
@@ -135,7 +135,6 @@ def lora_targets(text):
 
 def main(config, run):
     import keras_hub
-    from keras_hub.src.utils.preset_utils import get_preset_loader
 
     # Settings and data first, so that bad input fails before a large download.
     chat.check_settings(config.template, config.loss_on, config.overlong)
@@ -151,10 +150,10 @@ def main(config, run):
 
     # Devices: the distribution is set before the model is built, so each
     # weight is created where it belongs.
-    loader = get_preset_loader(preset) if config.distribute == "model" else None
-    distribution = make_distribution(
-        config.distribute, loader and loader.check_backbone_class(),
-        config.model_parallel or None, loader and loader.config["config"])
+    backbone_cls, backbone_config = (preset_backbone(preset) if config.distribute == "model"
+                                     else (None, None))
+    distribution = make_distribution(config.distribute, backbone_cls,
+                                     config.model_parallel or None, backbone_config)
     shards = batch_shards(distribution)
     if config.batch_size % shards:
         raise KerastuneError(f"batch_size={config.batch_size}: expected a multiple of the "

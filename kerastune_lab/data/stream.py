@@ -136,24 +136,22 @@ def augment_with_seed(layers, images, key):
     map, drawing their random numbers from `key` (an int64 (2,) tensor)
     instead of the layers' own advancing state: the same key gives the same
     augmentation, on every backend."""
+    from kerastune_lab import compat
+
     for index, layer in enumerate(layers):
-        generator = _key_seed(key, index)
-        # Keras' preprocessing layers ask `_get_seed_generator` for their
-        # generator; this one answers with seeds derived from `key`.
-        layer._get_seed_generator = lambda backend=None, g=generator: g
-        try:
+        # Keras' preprocessing layers ask for their seed generator; this one
+        # answers with seeds derived from `key`.
+        with compat.seed_generator_override(layer, _key_seed(key, index)):
             images = layer(images, training=True)
-        finally:
-            del layer._get_seed_generator
     return images
 
 
 def _key_seed(key, index):
     """A SeedGenerator whose seeds are functions of the tensor `key`: no state."""
+    import keras
     import tensorflow as tf
-    from keras.src.random.seed_generator import SeedGenerator
 
-    class KeySeed(SeedGenerator):
+    class KeySeed(keras.random.SeedGenerator):
         def __init__(self):  # no state variable
             self.count = 0
 

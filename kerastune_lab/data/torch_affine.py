@@ -22,6 +22,8 @@ import contextlib
 
 import keras
 
+from kerastune_lab import compat
+
 INTERPOLATIONS = ("nearest", "bilinear")
 FILL_MODES = ("constant", "nearest", "wrap", "reflect", "mirror")
 
@@ -61,7 +63,8 @@ def affine_transform(images, transform, interpolation="bilinear", fill_mode="con
     images = keras.ops.convert_to_tensor(images)
     transform = keras.ops.convert_to_tensor(transform)
     if bool((transform[..., 6:] != 0).any()):  # projective (c0, c1): Keras' own
-        return _keras_own()(images, transform, interpolation, fill_mode, fill_value, data_format)
+        return compat.keras_torch_affine_transform()(images, transform, interpolation,
+                                                     fill_mode, fill_value, data_format)
     unbatched = images.ndim == 3
     images = images[None] if unbatched else images
     images = images.permute(0, 2, 3, 1) if channels_first else images
@@ -99,30 +102,15 @@ def affine_transform(images, transform, interpolation="bilinear", fill_mode="con
     return result[0] if unbatched else result
 
 
-def _keras_own(keep=[]):  # noqa: B006 (recorded once, before `batched` replaces it)
-    """Keras' own torch `affine_transform`."""
-    if not keep:
-        from keras.src.backend.torch import image
-
-        keep.append(image.affine_transform)
-    return keep[0]
-
-
 @contextlib.contextmanager
 def batched():
     """Within it, on the torch backend, Keras' `affine_transform` (what
     `RandomRotation`, `RandomZoom` and `keras.ops.image.affine_transform`
     call) is this module's; Keras' own is put back on leaving. Elsewhere,
-    nothing changes."""
+    nothing changes (nor on a Keras whose torch `affine_transform` is not
+    where `compat` looks: Keras' own then runs, the same values, slower)."""
     if keras.backend.backend() != "torch":
         yield
         return
-    from keras.src.backend.torch import image
-
-    _keras_own()  # recorded before it is replaced
-    keras_own = image.affine_transform
-    image.affine_transform = affine_transform
-    try:
+    with compat.torch_affine_transform_replaced(affine_transform):
         yield
-    finally:
-        image.affine_transform = keras_own

@@ -17,8 +17,8 @@ the backbone has one. What is written here is the Llama 2 tokenizer
 import json
 import os
 import shutil
-from unittest import mock
 
+from kerastune_lab import compat
 from kerastune_lab.errors import KerastuneError
 
 # KerasHub preset name -> the Hugging Face model it was converted from, for
@@ -58,8 +58,6 @@ def save_transformers(causal_lm, folder):
         causal_lm: keras_hub.models.CausalLM, with its preprocessor.
         folder: str. Written into (created if missing).
     """
-    from keras_hub.src.utils.transformers.export import hf_exporter
-
     from kerastune_lab.finetune._backbone import has_lora
     from kerastune_lab.finetune.quantize import quantization_mode
 
@@ -68,21 +66,20 @@ def save_transformers(causal_lm, folder):
     if has_lora(backbone) or quantization_mode(backbone) != "none":
         raise KerastuneError(f"transformers export of a {name}: expected a plain float model "
                              "(LoRA merged, not quantized)")
+    exportable = compat.hf_exportable_backbones()
     if name == "LlamaBackbone":
-        _save_llama2(causal_lm, folder, hf_exporter)
-    elif name in hf_exporter.MODEL_EXPORTERS:
+        _save_llama2(causal_lm, folder)
+    elif name in exportable:
         causal_lm.export_to_transformers(folder)
     else:
-        known = sorted(set(hf_exporter.MODEL_EXPORTERS) | {"LlamaBackbone"})
+        known = sorted(exportable | {"LlamaBackbone"})
         raise KerastuneError(f"a {name} cannot be exported to transformers: expected one "
                              f"of {', '.join(known)}")
     return folder
 
 
 def _llama2_config(backbone):
-    from keras_hub.src.utils.transformers.export.llama3 import get_llama3_config
-
-    config = get_llama3_config(backbone)
+    config = compat.hf_config(backbone, like="Llama3Backbone")
     config["max_position_embeddings"] = LLAMA2_CONTEXT
     factor = backbone.rope_position_scaling_factor
     if factor != 1.0:
@@ -93,15 +90,12 @@ def _llama2_config(backbone):
     return config
 
 
-def _save_llama2(causal_lm, folder, hf_exporter):
-    from keras_hub.src.utils.transformers.export.llama3 import get_llama3_weights_map
-
+def _save_llama2(causal_lm, folder):
     preprocessor = causal_lm.preprocessor
     tokenizer = preprocessor.tokenizer if preprocessor is not None else None
-    with mock.patch.dict(hf_exporter.MODEL_CONFIGS, LlamaBackbone=_llama2_config), \
-            mock.patch.dict(hf_exporter.MODEL_EXPORTERS, LlamaBackbone=get_llama3_weights_map):
-        hf_exporter.export_backbone(causal_lm.backbone, folder, include_lm_head=True,
-                                    tokenizer=tokenizer)
+    # KerasHub's writer with its Llama 3 weight map, and the Llama 2 config.
+    compat.hf_export_backbone(causal_lm.backbone, folder, like="Llama3Backbone",
+                              config=_llama2_config, tokenizer=tokenizer)
     if tokenizer is not None:
         _save_llama2_tokenizer(tokenizer, folder)
 

@@ -17,6 +17,7 @@ that need it, as in `quantize`, so importing this does not import Keras.
 
 import contextlib
 
+from kerastune_lab import compat
 from kerastune_lab.errors import KerastuneError
 
 # The backbone attribute that holds what `lora.enable_lora` did (a LoraState).
@@ -38,7 +39,7 @@ def layer_paths(model):
     paths = {}
 
     def walk(layer, prefix):
-        for child in layer._flatten_layers(include_self=False, recursive=False):
+        for child in compat.sublayers(layer, recursive=False):
             path = f"{prefix}/{child.name}" if prefix else child.name
             if path in paths and paths[path] is not child:
                 raise KerastuneError(f"two layers share the path {path!r}: LoRA "
@@ -58,15 +59,14 @@ def abstract_weights():
     forgets the uninitialised weights, so that nothing allocates them later.
     """
     import keras
-    from keras.src.backend.common import global_state
 
-    key = "uninitialized_variables"
-    saved = list(global_state.get_global_attribute(key) or [])
+    key, needed_by = "uninitialized_variables", "counting weights without allocating them"
+    saved = list(compat.get_global_attribute(key, needed_by) or [])
     try:
         with keras.StatelessScope(initialize_variables=False):
             yield
     finally:
-        global_state.set_global_attribute(key, saved)
+        compat.set_global_attribute(key, saved, needed_by)
 
 
 class LoraCarrier:

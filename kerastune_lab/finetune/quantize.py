@@ -43,6 +43,7 @@ import gc
 import logging
 import warnings
 
+from kerastune_lab import compat
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune._backbone import abstract_weights, backbone_of, has_lora
 from kerastune_lab.finetune.quantize_load import quantize_float_weights_on_load
@@ -61,7 +62,7 @@ def quantization_mode(model):
         model: a KerasHub backbone or task.
     """
     modes = set()
-    for layer in backbone_of(model)._flatten_layers(include_self=False):
+    for layer in compat.sublayers(backbone_of(model)):
         mode = getattr(layer, "quantization_mode", None)
         if mode == "int8" and getattr(layer, "inputs_quantizer", None) is not None:
             mode = "int8_dynamic"
@@ -129,10 +130,10 @@ def _own_policies(model):
     none: `save_weights` of such a model failed ("Invalid dtype: object")."""
     import keras
 
-    for layer in backbone_of(model)._flatten_layers(include_self=False):
-        policy = layer._dtype_policy
+    for layer in compat.sublayers(backbone_of(model)):
+        policy = layer.dtype_policy
         if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path in policy:
-            layer._dtype_policy = policy[layer.path]
+            compat.set_dtype_policy(layer, policy[layer.path])
     return model
 
 
@@ -166,7 +167,7 @@ def _is_quantizable(layer):
 
     cls = type(layer)
     return ("quantize" in cls.__dict__ and cls.quantize is not keras.layers.Layer.quantize
-            and len(list(layer._flatten_layers())) == 1)
+            and len(compat.sublayers(layer, include_self=True)) == 1)
 
 
 def quantized_policy_map(backbone_cls, config, mode, dtype=None):
@@ -189,8 +190,7 @@ def quantized_policy_map(backbone_cls, config, mode, dtype=None):
     source = keras.dtype_policies.get(dtype or keras.config.dtype_policy()).name
     with abstract_weights():  # layer paths and classes, no memory
         shadow = backbone_cls.from_config(dict(config, dtype=source))
-        layers = [layer for layer in shadow._flatten_layers(include_self=False)
-                  if _is_quantizable(layer)]
+        layers = [layer for layer in compat.sublayers(shadow) if _is_quantizable(layer)]
     policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=source)
     policy = _policy_name(mode, source)
     for layer in layers:
@@ -207,7 +207,7 @@ def build_quantized(backbone_cls, config, mode, dtype=None):
     """
     policy_map, _ = quantized_policy_map(backbone_cls, config, mode, dtype)
     backbone = backbone_cls(**dict(config, dtype=policy_map))
-    for layer in backbone._flatten_layers(include_self=False):
+    for layer in compat.sublayers(backbone):
         if layer.quantization_mode is not None:
             layer.quantization_config = _config(mode)
             if mode == "int8" and hasattr(layer, "inputs_quantizer"):
@@ -238,7 +238,6 @@ def load_quantized(task_cls, preset, mode, dtype=None, **kwargs):
     ```
     """
     import keras
-    from keras_hub.src.utils.preset_utils import KerasPresetLoader, get_preset_loader
 
     from kerastune_lab.models import from_preset
 
@@ -247,14 +246,14 @@ def load_quantized(task_cls, preset, mode, dtype=None, **kwargs):
                              f"{', '.join(QUANTIZE_MODES)}")
     if mode == "none":
         return from_preset(task_cls, preset, dtype=dtype, **kwargs)
-    loader = get_preset_loader(preset)
+    loader = compat.preset_loader(preset)
     saved_dtype = loader.config.get("config", {}).get("dtype")
     if isinstance(saved_dtype, dict) and "Map" in saved_dtype.get("class_name", ""):
         # Saved quantized (e.g. llama2_7b_en_int8): loaded as saved, and an
         # error below if that is not `mode`.
         log.info("preset %s is saved quantized: loading it as saved", preset)
         return quantize(_own_policies(from_preset(task_cls, preset, **kwargs)), mode)
-    if not isinstance(loader, KerasPresetLoader):
+    if not compat.is_keras_preset_loader(loader):
         log.info("preset %s is not a KerasHub-format preset: loading it in %s, then "
                  "quantizing to %s", preset, dtype or "the default dtype", mode)
         return quantize(from_preset(task_cls, preset, dtype=dtype, **kwargs), mode)

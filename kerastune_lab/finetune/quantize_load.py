@@ -45,6 +45,8 @@ import math
 
 import numpy as np
 
+from kerastune_lab import compat
+
 _CHUNK = 1 << 22  # elements of one slice of a lean quantization (16 MB in float32)
 _SLICE = 1 << 24  # float elements of one slice twin (32 MB in bfloat16)
 
@@ -71,17 +73,16 @@ def _lean_abs_max_quantize(inputs, axis, value_range=(-127, 127), dtype="int8",
     own numpy expressions on slices of about _CHUNK elements (the scale is
     float32, so the products are too), the same values without Keras' four
     whole-size float32 temporaries."""
+    import keras
     from keras import ops
-    from keras.src import backend
-    from keras.src.quantizers.quantizers import standardize_axis_for_numpy
 
     if epsilon is None:
-        epsilon = backend.epsilon()
+        epsilon = keras.config.epsilon()
     if not to_numpy:
         return original(inputs, axis, value_range, dtype, epsilon, to_numpy)
-    original_dtype = backend.standardize_dtype(inputs.dtype)
+    original_dtype = keras.backend.standardize_dtype(inputs.dtype)
     inputs = ops.convert_to_numpy(inputs)
-    axes = standardize_axis_for_numpy(axis)
+    axes = tuple(axis) if isinstance(axis, list) else axis  # as Keras' numpy quantizer
     axes = tuple(a % inputs.ndim for a in (axes if isinstance(axes, tuple) else (axes,)))
     amax = np.zeros([1 if a in axes else n for a, n in enumerate(inputs.shape)], inputs.dtype)
     for index in _slices(inputs.shape, axes):
@@ -121,20 +122,12 @@ def _lean_grouped_numpy(inputs, block_size, value_range, dtype, epsilon, origina
 
 @contextlib.contextmanager
 def lean_keras_quantizers():
-    """Inside, Keras' host (numpy) quantizers run slice by slice (see above)."""
-    from keras.src.quantizers import quantizers
-
-    names = ("abs_max_quantize", "_abs_max_quantize_grouped_with_zero_point_numpy")
-    saved = {name: getattr(quantizers, name) for name in names}
-    try:
-        quantizers.abs_max_quantize = functools.partial(
-            _lean_abs_max_quantize, original=saved[names[0]])
-        setattr(quantizers, names[1], functools.partial(_lean_grouped_numpy,
-                                                        original=saved[names[1]]))
+    """Inside, Keras' host (numpy) quantizers run slice by slice (see above;
+    where `compat` cannot replace them, Keras' own run: the same values)."""
+    with compat.host_quantizers_replaced(
+            lambda original: functools.partial(_lean_abs_max_quantize, original=original),
+            lambda original: functools.partial(_lean_grouped_numpy, original=original)):
         yield
-    finally:
-        for name, function in saved.items():
-            setattr(quantizers, name, function)
 
 
 def _slice_argument(layer):
@@ -163,7 +156,7 @@ def _entries(store):
     import h5py
 
     keys = list(store.keys())
-    group = getattr(store, "_h5_entry_group", None)
+    group = compat.h5_entry_group(store)
     if isinstance(group, h5py.Group) and all(
             isinstance(group.get(key), h5py.Dataset) for key in keys):
         return {key: group[key] for key in keys}
@@ -192,7 +185,7 @@ def _twin(layer, source, **changes):
     zeros = {key: "zeros" for key, value in layer.get_config().items()
              if key.endswith("_initializer") and value}  # no random init
     twin = type(layer).from_config(dict(layer.get_config(), **zeros, **changes, dtype=source))
-    twin.build(**layer._build_shapes_dict)
+    twin.build_from_config(layer.get_build_config())  # build(**shapes) as `layer`
     return twin
 
 
@@ -380,7 +373,7 @@ def quantize_float_weights_on_load(classes, keras_mode, config, source):
         config: a Keras `QuantizationConfig` or None, as for `layer.quantize`.
         source: str. The float dtype policy the weights are read in.
     """
-    saved, shapes_met = {}, set()
+    shapes_met = set()
 
     def wrap(original):
         def load_own_variables(self, store):
@@ -388,7 +381,7 @@ def quantize_float_weights_on_load(classes, keras_mode, config, source):
                 return original(self, store)
             sliced = _load_sliced(self, store, original, keras_mode, config, source)
             if sliced:
-                shape = (type(self), str(self._build_shapes_dict),
+                shape = (type(self), str(self.get_build_config()),
                          self.get_config()[_slice_argument(self)])
                 if shape not in shapes_met:
                     shapes_met.add(shape)
@@ -406,16 +399,5 @@ def quantize_float_weights_on_load(classes, keras_mode, config, source):
             return None
         return load_own_variables
 
-    originals = {cls: cls.load_own_variables for cls in classes}  # before any is wrapped
-    try:
-        for cls, original in originals.items():
-            saved[cls] = cls.__dict__.get("load_own_variables")
-            cls.load_own_variables = wrap(original)
-        with lean_keras_quantizers():
-            yield
-    finally:
-        for cls, method in saved.items():
-            if method is None:
-                del cls.load_own_variables
-            else:
-                cls.load_own_variables = method
+    with compat.load_own_variables_replaced(classes, wrap), lean_keras_quantizers():
+        yield

@@ -19,6 +19,8 @@ holds its result), and each phase starts where the backup left off.
 
 import keras
 
+from kerastune_lab import compat
+
 HEAD, FINETUNE = "head", "finetune"
 
 
@@ -26,7 +28,7 @@ def set_backbone_trainable(model, trainable, train_batchnorm=False):
     """Freezes or unfreezes `model.backbone` (BatchNorm frozen unless asked)."""
     model.backbone.trainable = trainable
     if trainable and not train_batchnorm:
-        for layer in model.backbone._flatten_layers(include_self=False):
+        for layer in compat.sublayers(model.backbone):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
 

@@ -12,10 +12,9 @@ def kaggle_handle(preset):
         return preset
     if "://" in preset:
         return None
-    import keras_hub  # noqa: F401  (importing the models registers their presets)
-    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+    from kerastune_lab import compat
 
-    handle = BUILTIN_PRESETS.get(preset, {}).get("kaggle_handle")
+    handle = compat.builtin_presets().get(preset, {}).get("kaggle_handle")
     return handle if handle and handle.startswith(KAGGLE_SCHEME) else None
 def kaggle_model_url(handle):
     """https://www.kaggle.com/models/ORG/MODEL, the page with the model's license."""

@@ -229,9 +229,10 @@ def _check(what, saved, variables, file, path):
 
 
 def _global_seed_generator():
-    from keras.src.backend.common import global_state
+    from kerastune_lab import compat
 
-    return global_state.get_global_attribute("global_seed_generator")
+    return compat.get_global_attribute("global_seed_generator",
+                                       "saving and restoring Keras' random state")
 
 
 def _torch_rng_state():

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerastune_lab import compat
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune._backbone import (
     LoraCarrier,
@@ -107,7 +108,7 @@ class Factorisation:
             return cls("...a,ab->...b", (layer.input_spec.axes[-1], layer.units))
         if layer.quantization_mode == "int4":
             return cls(layer.equation, layer.original_kernel_shape)
-        return cls(layer.equation, layer._kernel.shape)
+        return cls(layer.equation, compat.kernel_shape(layer))
 
 
 class _LoraLayer(LoraCarrier):
@@ -211,7 +212,7 @@ def enable_lora(model, rank, alpha=None, targets=DEFAULT_TARGETS):
     targets = parse_targets(targets)
     layers = target_layers(backbone, targets)
     backbone.trainable = True
-    for layer in backbone._flatten_layers(include_self=False):
+    for layer in compat.sublayers(backbone):
         layer.trainable = False
     for layer in {id(target): target for target in layers.values()}.values():
         _add_lora(layer, rank, alpha)
@@ -221,18 +222,17 @@ def enable_lora(model, rank, alpha=None, targets=DEFAULT_TARGETS):
 
 def _add_lora(layer, rank, alpha):
     factorisation = Factorisation.of(layer)
-    layer.__class__ = _LORA_CLASSES[type(layer)]
+    compat.swap_class(layer, _LORA_CLASSES[type(layer)])
     layer.trainable = True
     base_weights = list(layer.weights)
     a_shape, b_shape = factorisation.shapes(rank)
-    layer._tracker.unlock()
-    # Float32 factors, like Keras' LoRA. A as peft's kaiming_uniform(a=sqrt(5)).
-    layer.lora_a = layer.add_weight(
-        name="lora_a", shape=a_shape, dtype="float32",
-        initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))
-    layer.lora_b = layer.add_weight(name="lora_b", shape=b_shape, dtype="float32",
-                                    initializer="zeros")
-    layer._tracker.lock()
+    with compat.unlocked_tracker(layer):
+        # Float32 factors, like Keras' LoRA. A as peft's kaiming_uniform(a=sqrt(5)).
+        layer.lora_a = layer.add_weight(
+            name="lora_a", shape=a_shape, dtype="float32",
+            initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))
+        layer.lora_b = layer.add_weight(name="lora_b", shape=b_shape, dtype="float32",
+                                        initializer="zeros")
     for weight in base_weights:
         weight.trainable = False
     layer.lora_factorisation = factorisation
