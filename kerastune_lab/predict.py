@@ -1,5 +1,8 @@
 """Predictions from a finished run's saved model."""
 
+import logging
+import os
+
 import numpy as np
 
 from kerastune_lab.errors import KerastuneError
@@ -12,8 +15,27 @@ def _softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def decide(probs, class_names, threshold=None):
+    """Class indices from probabilities: the most probable class, or, with a
+    run's decision threshold (`threshold.json`), its positive class wherever
+    that class's probability reaches the threshold, else the most probable
+    of the others."""
+    probs = np.asarray(probs)
+    if threshold is None:
+        return probs.argmax(axis=-1)
+    positive = list(class_names).index(threshold["positive_class"])
+    others = probs.copy()
+    others[:, positive] = -np.inf
+    return np.where(probs[:, positive] >= threshold["threshold"], positive,
+                    others.argmax(axis=-1))
+
+
 def predict_images(run_dir, paths, batch_size=32):
-    """Returns [(path, label, probability)] for image files.
+    """Returns [(path, label, probability of that label)] for image files.
+
+    A run with a decision threshold (`threshold.json`, e.g. the X-ray
+    recipe's, chosen for a target recall on the validation split) applies
+    it, and says so; other runs take the most probable class.
 
     Args:
         run_dir: str. A finished image-classification run.
@@ -22,6 +44,7 @@ def predict_images(run_dir, paths, batch_size=32):
     import keras_hub
 
     from kerastune_lab.data.images import load_images
+    from kerastune_lab.evaluate.classification import saved_threshold
     from kerastune_lab.models import load_run_model
 
     run = RunDir.open(run_dir)
@@ -34,7 +57,15 @@ def predict_images(run_dir, paths, batch_size=32):
     model = load_run_model(run, keras_hub.models.ImageClassifier, compile=False)
     probs = _softmax(np.asarray(model.predict(images, batch_size=batch_size, verbose=0),
                                 dtype="float64"))
-    best = probs.argmax(axis=-1)
+    threshold = None
+    if os.path.exists(run.file("threshold.json")):
+        threshold = saved_threshold(run.read_json("threshold.json"))
+        logging.getLogger("kerastune_lab").info(
+            "decision threshold %.4f on P(%s), from threshold.json (chosen on the %s split "
+            "for recall %s): %s when its probability reaches it", threshold["threshold"],
+            threshold["positive_class"], threshold["chosen_on"], threshold["target_recall"],
+            threshold["positive_class"])
+    best = decide(probs, class_names, threshold)
     return [(p, class_names[i], float(probs[n, i])) for n, (p, i) in enumerate(zip(paths, best))]
 
 
@@ -104,8 +135,20 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
     if os.path.exists(out_path) and not overwrite:
         raise KerastuneError(f"{out_path!r} already holds an evaluation: choose another "
                              "--name or pass --overwrite")
+    from kerastune_lab.evaluate.classification import saved_threshold
+
     if positive_class is None:
         positive_class = config.get("positive_class") or None
+    # The run's own threshold (chosen on its validation split) is measured on
+    # this data; a --target-recall of the command's own chooses one on it.
+    threshold = None
+    if target_recall is None and os.path.exists(run.file("threshold.json")):
+        threshold = saved_threshold(run.read_json("threshold.json"))
+        if positive_class is not None and threshold["positive_class"] != positive_class:
+            threshold = None
+        else:
+            positive_class, target_recall = threshold["positive_class"], \
+                threshold["target_recall"]
     if target_recall is None:
         target_recall = config.get("target_recall") or None
 
@@ -123,7 +166,8 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
         # the folder: the data evaluated on is in evaluation.json and report.md.
         summary = evaluate_classifier(out, y_true, probs, class_names,
                                       positive_class=positive_class,
-                                      target_recall=target_recall, prefix="test")
+                                      target_recall=target_recall, prefix="test",
+                                      threshold=threshold)
         summary["evaluation_data"] = os.path.abspath(data)
         out.write_json("metrics.json", summary)
         write_report(out, summary, f"Evaluation of {os.path.basename(run.path)} on {data}",

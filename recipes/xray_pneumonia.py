@@ -41,7 +41,7 @@ from kerastune_lab.config import setting
 from kerastune_lab.data import images, xray
 from kerastune_lab.data.augment import Augmented
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.evaluate import evaluate_classifier, write_report
+from kerastune_lab.evaluate import choose_threshold, evaluate_classifier, write_report
 from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune import class_weights, two_phase
 from kerastune_lab.models import load_image_classifier, resolve_preset
@@ -144,11 +144,19 @@ def main(config, run):
         backup=Backup(run, config.save_every_steps),
     )
 
-    # Evaluation: on test/, past accuracy.
+    # The decision threshold for the recall a screening test needs, chosen on
+    # the validation split; the test split then measures it (choosing it on
+    # test/ and reporting it there would flatter it).
+    y_val, probs_val = predict_dataset(model, data.val)
+    threshold = choose_threshold(y_val, probs_val, data.class_names, config.positive_class,
+                                 config.target_recall, split="val")
+
+    # Evaluation: on test/, past accuracy, at that threshold.
     y_true, probs = predict_dataset(model, data.test)
     metrics = evaluate_classifier(run, y_true, probs, data.class_names,
                                   positive_class=config.positive_class,
-                                  target_recall=config.target_recall, prefix="test")
+                                  target_recall=config.target_recall, prefix="test",
+                                  threshold=threshold)
     metrics.update({f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
                     for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)})
     metrics["val_loss"], metrics["val_accuracy"] = trainer.evaluate(data.val, verbose=0)

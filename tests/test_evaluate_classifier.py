@@ -8,7 +8,14 @@ import pytest
 from sklearn import metrics as skm
 
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.evaluate import decision_threshold, evaluate_classifier, write_report
+from kerastune_lab.evaluate import (
+    at_threshold,
+    choose_threshold,
+    decision_threshold,
+    evaluate_classifier,
+    write_report,
+)
+from kerastune_lab.predict import decide
 from kerastune_lab.runs import RunDir
 
 NAMES = ["NORMAL", "PNEUMONIA"]
@@ -178,3 +185,50 @@ def test_bad_arguments(tmp_path):
         evaluate_classifier(run, y, probs, NAMES, target_recall=1.5)
     with pytest.raises(ValueError, match="expected \\(10, 3\\)"):
         evaluate_classifier(run, y, probs, ["a", "b", "c"])
+
+
+def test_a_threshold_chosen_on_validation_is_measured_on_test(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    y_val, probs_val = _predictions(200, 2, seed=3)
+    y, probs = _predictions(150, 2, seed=4)
+    chosen = choose_threshold(y_val, probs_val, NAMES, "PNEUMONIA", 0.9, split="val")
+    expected = decision_threshold(y_val == 1, probs_val[:, 1], 0.9)
+    assert chosen["chosen_on"] == "val" and chosen["threshold"] == expected["threshold"]
+    summary = evaluate_classifier(run, y, probs, NAMES, positive_class="PNEUMONIA",
+                                  target_recall=0.9, threshold=chosen)
+    point = _read(run, "threshold.json")
+    # Chosen on validation, figures on test at that very threshold (not the
+    # test split's own best threshold).
+    assert point["threshold"] == expected["threshold"] != decision_threshold(
+        y == 1, probs[:, 1], 0.9)["threshold"]
+    predicted = probs[:, 1] >= expected["threshold"]
+    assert point["recall"] == skm.recall_score(y == 1, predicted)
+    assert point["precision"] == skm.precision_score(y == 1, predicted)
+    assert point["val"]["recall"] == expected["recall"]
+    assert (point["chosen_on"], point["measured_on"]) == ("val", "test")
+    assert summary["test_threshold_recall"] == point["recall"]
+    assert summary["test_threshold_chosen_on"] == "val"
+    write_report(run, summary, "t")
+    report = _read(run, "report.md")
+    assert "Chosen on the val split" in report and "measured on the test split" in report
+    # A threshold for another class is refused.
+    with pytest.raises(KerastuneError, match="chosen for 'PNEUMONIA'"):
+        evaluate_classifier(run, y, probs, NAMES, positive_class="NORMAL", target_recall=0.9,
+                            threshold=chosen)
+
+
+def test_at_threshold_and_decide_by_hand():
+    y = np.array([1, 1, 0, 0, 1])
+    scores = np.array([0.9, 0.3, 0.35, 0.1, 0.6])
+    point = at_threshold(y == 1, scores, 0.3)
+    assert (point["tp"], point["fp"], point["fn"], point["tn"]) == (3, 1, 0, 1)
+    assert point["recall"] == 1.0 and point["precision"] == 0.75
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.9, 0.1]])
+    assert decide(probs, NAMES).tolist() == [0, 1, 0]
+    assert decide(probs, NAMES, {"positive_class": "PNEUMONIA", "threshold": 0.25}).tolist() \
+        == [1, 1, 0]
+    assert decide(probs, NAMES, {"positive_class": "NORMAL", "threshold": 0.75}).tolist() \
+        == [1, 1, 0]
+    three = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
+    assert decide(three, ["a", "b", "c"], {"positive_class": "b", "threshold": 0.25}).tolist() \
+        == [1, 2]

@@ -12,6 +12,8 @@ computed. The names below are the ones imported from
 """
 
 from kerastune_lab.evaluate.classification import (
+    at_threshold,
+    choose_threshold,
     decision_threshold,
     evaluate_classifier,
     write_report,
@@ -25,6 +27,7 @@ from kerastune_lab.evaluate.language import (
 from kerastune_lab.evaluate.plots import plot_history, save_figure
 
 __all__ = [
-    "REPORT_PROMPTS", "chat_metrics", "chat_report", "decision_threshold", "evaluate_classifier",
+    "REPORT_PROMPTS", "at_threshold", "chat_metrics", "chat_report", "choose_threshold",
+    "decision_threshold", "evaluate_classifier",
     "perplexity", "plot_history", "save_figure", "write_report",
 ]

@@ -68,8 +68,69 @@ def decision_threshold(y_true, scores, target_recall):
     }
 
 
+def at_threshold(y_true, scores, threshold):
+    """Recall, precision and the confusion counts of predicting positive
+    when `score >= threshold` (a threshold chosen elsewhere, e.g. on the
+    validation split).
+
+    Args:
+        y_true: array of bool. True for the positive class.
+        scores: array of float. The model's probability of the positive class.
+        threshold: float.
+
+    Returns:
+        dict with threshold, recall, precision, tp, fp, fn, tn (precision is
+        0 when nothing is predicted positive, recall 0 without positives).
+    """
+    import numpy as np
+
+    y_true = np.asarray(y_true, bool)
+    predicted = np.asarray(scores) >= threshold
+    tp, fp = int(np.sum(predicted & y_true)), int(np.sum(predicted & ~y_true))
+    fn, tn = int(np.sum(~predicted & y_true)), int(np.sum(~predicted & ~y_true))
+    return {"threshold": float(threshold),
+            "recall": tp / (tp + fn) if tp + fn else 0.0,
+            "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def choose_threshold(y_true, probs, class_names, positive_class, target_recall,
+                     split="val"):
+    """The decision threshold for `target_recall`, chosen on one split (the
+    validation split: the test split then measures it, unflattered).
+
+    Returns the `decision_threshold` dict with `positive_class` and
+    `chosen_on` added, or None (with a warning) where it cannot be chosen:
+    the split holds one class only, or more than two classes and no
+    positive class.
+    """
+    import numpy as np
+
+    y_true = np.asarray(y_true).astype("int64").ravel()
+    positive = _class_index(positive_class, class_names)
+    log = logging.getLogger("kerastune_lab")
+    if positive is None or len(np.unique(y_true == positive)) < 2:
+        log.warning("no decision threshold: the %s split %s", split,
+                    "has no positive class" if positive is None else
+                    f"holds one side of {class_names[positive]} only")
+        return None
+    point = decision_threshold(y_true == positive, np.asarray(probs)[:, positive],
+                               target_recall)
+    return {"positive_class": class_names[positive], "chosen_on": split, **point}
+
+
+def saved_threshold(point):
+    """A run's `threshold.json` as `choose_threshold` returns it (to apply it
+    to new data: `kerastune predict`, `kerastune evaluate`)."""
+    chosen_on = point.get("chosen_on", "test")  # runs from before chosen_on: the test split
+    figures = point.get(chosen_on) if isinstance(point.get(chosen_on), dict) else point
+    return {"positive_class": point["positive_class"], "chosen_on": chosen_on,
+            "target_recall": point["target_recall"], **figures,
+            "threshold": float(point["threshold"])}
+
+
 def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
-                        target_recall=None, prefix="test"):
+                        target_recall=None, prefix="test", threshold=None):
     """Evaluates class probabilities against labels; writes the files into `run`.
 
     Writes `classification_report.json` and `.txt` (scikit-learn: precision,
@@ -78,7 +139,11 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
     task, one-vs-rest for each class otherwise; skipped with a warning when
     `y_true` holds one class only) and, with `target_recall`, `threshold.json`:
     the threshold on the positive class's probability with the best
-    precision among those that reach that recall (`decision_threshold`).
+    precision among those that reach that recall (`decision_threshold`),
+    chosen on the validation split where `threshold` gives it
+    (`choose_threshold`), and its recall and precision measured on these
+    labels. Without `threshold` it is chosen on these labels themselves, which
+    flatters it; `threshold.json` and the summary say which split chose it.
     Predicted classes are the argmax.
 
     Args:
@@ -93,6 +158,9 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
         prefix: str. The split evaluated on, and the prefix of the summary
             keys: "test", or "val" for a run without a test split; the same
             figure has the same name everywhere. Defaults to "test".
+        threshold: dict or None. A threshold chosen on another split
+            (`choose_threshold` on the validation split, or a run's
+            `threshold.json`). Defaults to None: chosen on these labels.
 
     Returns:
         dict for metrics.json: `evaluated_on` (the prefix), `{prefix}_accuracy`,
@@ -163,21 +231,37 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
             if os.path.exists(run.file(name)):
                 os.remove(run.file(name))
         return summary
-    point = None
+    point = chosen = None
     if target_recall is not None and positive is None:
         reason = f"{k} classes and no positive_class: no threshold for target_recall"
         log.warning("%s", reason)
         summary[f"{prefix}_threshold_skipped"] = reason
     elif target_recall is not None:
-        point = decision_threshold(y_true == positive, probs[:, positive], target_recall)
-        point = {"positive_class": class_names[positive], **point,
+        if threshold is not None and threshold["positive_class"] != class_names[positive]:
+            raise KerastuneError(
+                f"the threshold was chosen for {threshold['positive_class']!r}: expected "
+                f"positive_class={threshold['positive_class']!r}, got "
+                f"{class_names[positive]!r}")
+        chosen = threshold or choose_threshold(y_true, probs, class_names, positive,
+                                               target_recall, split=prefix)
+    if target_recall is not None and positive is not None and chosen is None:
+        summary[f"{prefix}_threshold_skipped"] = (
+            f"the {prefix} labels hold one side of {class_names[positive]} only")
+    elif target_recall is not None and positive is not None:
+        measured = at_threshold(y_true == positive, probs[:, positive], chosen["threshold"])
+        point = {"positive_class": class_names[positive],
+                 "target_recall": chosen["target_recall"], "threshold": chosen["threshold"],
+                 "chosen_on": chosen["chosen_on"],
+                 chosen["chosen_on"]: {k: chosen[k] for k in measured},
+                 "measured_on": prefix, **{k: measured[k] for k in measured if k != "threshold"},
                  "rule": f"predict {class_names[positive]} when its probability >= threshold"}
         run.write_json("threshold.json", point)
-        for key in ("target_recall", "threshold", "recall", "precision"):
+        for key in ("target_recall", "threshold", "recall", "precision", "chosen_on"):
             summary[f"{prefix}_threshold" + ("" if key == "threshold" else f"_{key}")] = point[key]
-        log.info("threshold %s reaches recall %.3f of %s (target %s) at precision %.3f",
-                 figure(point["threshold"]), point["recall"], class_names[positive],
-                 figure(float(target_recall)), point["precision"])
+        log.info("threshold %s, chosen on the %s split for recall %s of %s, gives recall %.3f "
+                 "at precision %.3f on the %s split", figure(point["threshold"]),
+                 point["chosen_on"], figure(float(point["target_recall"])),
+                 class_names[positive], point["recall"], point["precision"], prefix)
     classes = [positive] if k == 2 else [int(c) for c in present]
     scores = {}  # class index: (roc_auc, average_precision), one vs rest
     for c in classes:
@@ -257,12 +341,21 @@ def write_report(run, summary, title, notes=()):
         lines += [f"Skipped: {skipped[0] if skipped else 'no curves were computed'}.", ""]
     if exists("threshold.json"):
         point = run.read_json("threshold.json")
+        chosen_on, measured_on = point.get("chosen_on"), point.get("measured_on")
+        where = (f"Chosen on the {chosen_on} split for a recall of at least "
+                 f"{point['target_recall']:.2f} on {point['positive_class']}")
+        if chosen_on and chosen_on != measured_on and chosen_on in point:
+            before = point[chosen_on]
+            where += (f" (there: recall {before['recall']:.4f}, precision "
+                      f"{before['precision']:.4f}); measured on the {measured_on} split")
+        elif chosen_on == measured_on:
+            where += (", and measured on that same split, which flatters it: a fresh "
+                      "split would show lower figures")
         lines += ["## Decision threshold", "",
-                  f"For a recall of at least {point['target_recall']:.2f} on "
-                  f"{point['positive_class']}: {point['rule']}, threshold "
-                  f"{point['threshold']:.4f}. Recall {point['recall']:.4f}, precision "
-                  f"{point['precision']:.4f} ({point['tp']} found, {point['fn']} missed, "
-                  f"{point['fp']} false alarms, {point['tn']} correctly cleared).", ""]
+                  f"{point['rule']}, threshold {point['threshold']:.4f}. {where}: recall "
+                  f"{point['recall']:.4f}, precision {point['precision']:.4f} "
+                  f"({point['tp']} found, {point['fn']} missed, {point['fp']} false alarms, "
+                  f"{point['tn']} correctly cleared).", ""]
     if exists("history.csv") or exists("training_curves.png"):
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
     run.write_text("report.md", "\n".join(lines))

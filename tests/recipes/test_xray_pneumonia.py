@@ -67,9 +67,12 @@ def test_smoke_run_writes_the_evaluation(smoke_run):
     assert metrics["test_macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])
     assert metrics["test_num_examples"] == 40 == report["macro avg"]["support"]
     assert 0 <= metrics["test_roc_auc"] <= 1
+    # The threshold is chosen on the validation split and measured on test.
     threshold = _json(out / "threshold.json")
-    assert threshold["positive_class"] == "PNEUMONIA" and threshold["recall"] >= 0.95
+    assert threshold["positive_class"] == "PNEUMONIA" and threshold["chosen_on"] == "val"
+    assert threshold["measured_on"] == "test" and threshold["val"]["recall"] >= 0.95
     assert metrics["test_threshold"] == threshold["threshold"]
+    assert metrics["test_threshold_chosen_on"] == "val"
     markdown = (out / "report.md").read_text()
     for link in ("confusion_matrix.png", "roc.png", "pr.png", "training_curves.png"):
         assert f"]({link})" in markdown
@@ -81,6 +84,7 @@ def test_augmentation_runs_in_the_training_model_and_the_saved_model_has_none(sm
     from sklearn.metrics import roc_auc_score
 
     from kerastune_lab.data import xray
+    from kerastune_lab.evaluate import at_threshold, decision_threshold
     from kerastune_lab.models import load_run_model
     from kerastune_lab.predict import predict_dataset
     from kerastune_lab.runs import RunDir
@@ -103,6 +107,43 @@ def test_augmentation_runs_in_the_training_model_and_the_saved_model_has_none(sm
     metrics = _json(out / "metrics.json")
     assert float((probs.argmax(-1) == labels).mean()) == pytest.approx(metrics["test_accuracy"])
     assert roc_auc_score(labels, probs[:, 1]) == pytest.approx(metrics["test_roc_auc"], abs=1e-6)
+    # The threshold is the one the validation split's predictions give, and
+    # its test figures are those of the test predictions at it.
+    val_labels, val_probs = predict_dataset(model, data.val)
+    chosen = decision_threshold(val_labels == 1, val_probs[:, 1], config["target_recall"])
+    threshold = _json(out / "threshold.json")
+    assert threshold["threshold"] == pytest.approx(chosen["threshold"], abs=1e-6)
+    assert threshold["val"]["recall"] == chosen["recall"]
+    measured = at_threshold(labels == 1, probs[:, 1], threshold["threshold"])
+    for key in ("recall", "precision", "tp", "fp", "fn", "tn"):
+        assert threshold[key] == pytest.approx(measured[key]), key
+
+
+def test_predict_applies_the_saved_threshold(smoke_run, cli, tmp_path):
+    """`kerastune predict` on a binary run with threshold.json: PNEUMONIA
+    wherever P(PNEUMONIA) reaches the threshold, whatever the argmax says."""
+    out, _ = smoke_run
+    run = shutil.copytree(out, tmp_path / "run")
+    test_split = os.path.join(_json(out / "config.json")["config"]["data"], "test")
+    images = sorted(str(p) for p in __import__("pathlib").Path(test_split).rglob("*.*"))[::6]
+    result = cli("predict", run, *images)
+    assert result.code == 0, result
+    assert "decision threshold" in result.stderr and "chosen on the val split" in result.stderr
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    p_pneumonia = [float(s) if label == "PNEUMONIA" else 1 - float(s) for _, label, s in lines]
+    threshold = _json(run / "threshold.json")
+    clear = [abs(p - threshold["threshold"]) > 1e-3 for p in p_pneumonia]  # scores print rounded
+    assert [label for (_, label, _), c in zip(lines, clear) if c] == [
+        "PNEUMONIA" if p >= threshold["threshold"] else "NORMAL"
+        for p, c in zip(p_pneumonia, clear) if c]
+    # Thresholds that put every image on one side: the labels follow them.
+    for value, label in ((min(p_pneumonia) - 1e-3, "PNEUMONIA"),
+                         (max(p_pneumonia) + 1e-3, "NORMAL")):
+        threshold["threshold"] = value
+        (run / "threshold.json").write_text(json.dumps(threshold))
+        result = cli("predict", run, *images)
+        assert result.code == 0, result
+        assert {line.split("\t")[1] for line in result.stdout.strip().splitlines()} == {label}
 
 
 def test_evaluate_writes_the_same_files_into_a_subfolder(smoke_run, cli, tmp_path):
@@ -117,8 +158,11 @@ def test_evaluate_writes_the_same_files_into_a_subfolder(smoke_run, cli, tmp_pat
     # The run's own files are untouched; the same model on the same split agrees.
     assert {n: os.path.getmtime(out / n) for n in before} == before
     metrics, again = _json(out / "metrics.json"), _json(out / "eval-test" / "metrics.json")
-    for key in ("test_accuracy", "test_roc_auc", "test_threshold"):
+    for key in ("test_accuracy", "test_roc_auc", "test_threshold", "test_threshold_recall",
+                "test_threshold_precision"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-5), key
+    # The run's own threshold (chosen on its validation split), measured here.
+    assert again["test_threshold_chosen_on"] == "val"
     # A second evaluation of that name is refused, or replaces it when asked.
     assert_one_line_error(cli("evaluate", out, "--data", test_split), "eval-test",
                           "--overwrite")
