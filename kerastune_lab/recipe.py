@@ -150,6 +150,7 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
     finally:
         logging.getLogger("kerastune_lab").removeHandler(handler)
         handler.close()
+        run.release()  # the run folder's lock (runs.RunLock), held since RunDir.create
     return run
 
 

@@ -27,9 +27,15 @@ from kerastune_lab.errors import KerastuneError
 
 UNKNOWN = object()  # a default or annotation the file does not spell as a literal
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list,
-          "tuple": tuple, "None": None, "typing": typing, "Optional": typing.Optional,
-          "Union": typing.Union}
+# The names an annotation may use: builtin types, and typing's generics (bare
+# or as `typing.X`). Annotations are built from these by `_annotation`,
+# reading the AST only: nothing of a recipe file is ever evaluated.
+_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list,
+          "tuple": tuple, "None": None, "Optional": typing.Optional, "Union": typing.Union}
+_TYPING = {"Optional": typing.Optional, "Union": typing.Union, "List": typing.List,
+           "Dict": typing.Dict, "Tuple": typing.Tuple, "Any": typing.Any}
+_GENERICS = (list, dict, tuple, typing.Optional, typing.Union, typing.List, typing.Dict,
+             typing.Tuple)
 _SETTING_KEYS = ("ge", "gt", "le", "lt", "choices")
 
 
@@ -88,17 +94,61 @@ def _constants(tree):
     return found
 
 
-def _annotation(text):
-    try:
-        return eval(text, {"__builtins__": {}}, dict(_TYPES))  # builtin type names only
-    except Exception:  # a name the file imports: left to the full check
+def _annotation(node, depth=0):
+    """The type an annotation's AST spells, built by code from builtin types
+    and typing's generics (`int`, `str | None`, `Optional[float]`,
+    `typing.Union[str, dict]`, `list[int]`, `tuple[int, ...]`,
+    `dict[str, float]`, a string of one of those); `UNKNOWN` for anything
+    else (a name the file imports or defines, a call, an attribute of
+    something other than `typing`), left to the full check. Never `eval`:
+    an annotation is code, and reading a recipe must not run it."""
+    if depth > 20:  # deeper than any real annotation
         return UNKNOWN
+    if isinstance(node, ast.Constant):
+        if node.value is None or node.value is Ellipsis:
+            return node.value
+        if isinstance(node.value, str):  # a forward reference: "int | None"
+            try:
+                return _annotation(ast.parse(node.value.strip(), mode="eval").body, depth + 1)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                return UNKNOWN
+        return UNKNOWN
+    if isinstance(node, ast.Name):
+        return _NAMES.get(node.id, UNKNOWN)
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == "typing"):
+        return _TYPING.get(node.attr, UNKNOWN)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = _annotation(node.left, depth + 1), _annotation(node.right, depth + 1)
+        if any(part is UNKNOWN or part is Ellipsis for part in (left, right)) or (
+                left is None and right is None):
+            return UNKNOWN
+        try:
+            return typing.Union[left, right] if left is None else left | right
+        except Exception:  # e.g. `Optional | int`: not a type
+            return UNKNOWN
+    if isinstance(node, ast.Subscript):
+        generic = _annotation(node.value, depth + 1)
+        if not any(generic is g for g in _GENERICS):
+            return UNKNOWN
+        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        args = [_annotation(part, depth + 1) for part in parts]
+        if any(arg is UNKNOWN for arg in args) or (
+                Ellipsis in args and not (generic in (tuple, typing.Tuple) and len(args) == 2
+                                          and args[1] is Ellipsis)):
+            return UNKNOWN
+        try:
+            return generic[tuple(args) if len(args) > 1 else args[0]]
+        except Exception:  # e.g. `Optional[int, str]`: not a type
+            return UNKNOWN
+    return UNKNOWN
 
 
 def _field(node, comments, constants):
     value = node.value
+    annotation = _annotation(node.annotation)
     field = Field(node.target.id, ast.unparse(node.annotation),
-                  _annotation(ast.unparse(node.annotation)),
+                  UNKNOWN if annotation is Ellipsis else annotation,
                   ast.unparse(value) if value is not None else "",
                   comment=comments.get(node.end_lineno, ""))
     call = value if isinstance(value, ast.Call) else None
@@ -198,17 +248,21 @@ def check_overrides(recipe, overrides, smoke=False):
 
 def check_output_dir(path, overwrite=False):
     """The checks of `runs.RunDir.create` that need no run identity: a file in
-    the way, a finished run without --overwrite, an unwritable folder or a
-    full disk."""
+    the way, a folder of the user's own (not a run), a finished run without
+    --overwrite, a run another process holds, an unwritable folder or a full
+    disk. Looks only: writes nothing."""
     from kerastune_lab import runs
 
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise KerastuneError(f"output dir {path!r} exists and is not a folder")
-    busy = os.path.isdir(path) and bool(os.listdir(path))
+    runs.check_not_foreign(path, overwrite)
+    busy = runs.holds_files(path)
     if busy and not overwrite and os.path.exists(os.path.join(path, runs.FINISHED)):
         raise KerastuneError(f"output dir {path!r} already holds a finished run; choose "
                              "another --output-dir or pass --overwrite")
+    if busy:
+        runs.check_not_in_use(path)
     runs.check_writable(path, set_aside=busy and overwrite)
 
 

@@ -10,104 +10,52 @@
       FINISHED        written last: the run completed
       FAILED          the run stopped on an error: its line and the exit code
                       (kept only where something was trained: see `RunDir.fail`)
+      kerastune_run.json  written first: this folder is a run of this toolkit
+                      (recipe, time, version); only such a folder is resumed
+                      or replaced by --overwrite (`is_run`)
+      .lock           while a process writes the run: an OS lock on it (with
+                      the PID) keeps a second process out (`RunLock`)
 
 Every file is written to a temporary name in the same folder and renamed into
 place (`os.replace` is atomic on POSIX and Windows), so a crash never leaves a
 half-written file; the model folder is saved whole, then renamed.
 """
 
-import contextlib
 import csv
 import datetime
 import importlib.metadata
-import io
 import json
 import os
 import shutil
-import tempfile
 
-from kerastune_lab.errors import DISK_ERRNOS, KerastuneError
+from kerastune_lab.atomic import (  # noqa: F401  (part of this module's API)
+    _jsonable,
+    atomic_path,
+    write_csv,
+    write_json,
+    write_text,
+)
+from kerastune_lab.errors import KerastuneError
+from kerastune_lab.run_guard import (  # noqa: F401  (part of this module's API)
+    BACKUP_DIR,
+    FAILED,
+    FINISHED,
+    LOCK_FILE,
+    MARKER,
+    RunLock,
+    check_not_foreign,
+    check_not_in_use,
+    holds_files,
+    is_run,
+    lock_holder,
+)
 
-FINISHED = "FINISHED"
-FAILED = "FAILED"
 REPLACED = ".replaced"  # suffix of a run set aside by --overwrite
-BACKUP_DIR = "backup"  # training backup of an unfinished run (resume.Backup)
 # A run directory is refused when its disk has less free space than this (MB);
 # the environment variable KERASTUNE_MIN_FREE_MB overrides it.
 MIN_FREE_MB = 100
 PACKAGES = ("keras", "keras-hub", "tensorflow", "jax", "jaxlib", "torch",
             "tensorflow-datasets", "kerastune_lab")
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary path beside `path`; renames it to `path` on success.
-
-    Works for files and for folders (a folder that exists at `path` is
-    replaced). On error the temporary is removed and `path` is untouched. An
-    OSError of a full, over-quota or read-only disk names `path` (not the
-    temporary), so the CLI's one-line message says which file it was.
-    """
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-        target = os.path.join(tmp, os.path.basename(path))
-        yield target
-        if os.path.isdir(target) and os.path.isdir(path):
-            old = path + ".old"
-            os.replace(path, old)
-            try:
-                os.replace(target, path)
-            except BaseException:
-                os.replace(old, path)  # put the previous folder back
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(target, path)
-    except OSError as e:
-        if e.errno in DISK_ERRNOS and (e.filename is None or tmp is None
-                                       or os.fspath(e.filename).startswith(tmp)):
-            e.filename = path
-        raise
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_text(path, text):
-    """Writes `text` to `path` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def write_json(path, obj):
-    """Writes `obj` as indented JSON to `path` atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
-
-
-def write_csv(path, rows):
-    """Writes a list of dicts as CSV (columns in first-seen order) atomically."""
-    columns = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
-def _jsonable(value):
-    if hasattr(value, "item"):  # numpy and framework scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 def package_versions():
@@ -217,6 +165,17 @@ def default_run_dir(recipe_name, root="runs"):
     return os.path.join(root, f"{recipe_name}-{stamp}")
 
 
+def _lock_run(path):
+    """`RunLock.acquire` of an existing run folder; None where the lock file
+    cannot be made (a read-only folder: `check_writable` then says so),
+    unless another process holds it."""
+    try:
+        return RunLock.acquire(path)
+    except OSError:
+        check_not_in_use(path)
+        return None
+
+
 class RunDir:
     """A run directory. Create one with `RunDir.create(path)`.
 
@@ -232,6 +191,7 @@ class RunDir:
     def __init__(self, path):
         self.path = os.fspath(path)
         self.resumed = False  # an unfinished run, reused by `create(resume=...)`
+        self.lock = None  # the `RunLock` of a run made by `create`, until `release`
 
     def __repr__(self):
         return f"RunDir({self.path!r})"
@@ -245,16 +205,19 @@ class RunDir:
 
     @classmethod
     def create(cls, path, overwrite=False, min_free_mb=None, resume=None):
-        """Makes the folder, refusing to reuse one that holds a run.
+        """Makes the folder, refusing to reuse one that holds a run, and
+        locks it (`RunLock`) until `finish`, `discard` or `release`.
 
         Checks first that the folder can be written and that its disk has
         `min_free_mb` free (`check_writable`), so a run fails before it
-        trains rather than when it saves.
+        trains rather than when it saves. A folder that holds files but is
+        not a run (`is_run`) is refused, --overwrite or not, and left as it
+        is; so is a run that another process holds.
 
         Args:
             path: str. The folder to create.
-            overwrite: bool. Replace a folder that already holds files.
-                Defaults to `False`.
+            overwrite: bool. Replace a run that is already there (set aside
+                until the new one finishes). Defaults to `False`.
             min_free_mb: float or None. Free space the disk must have, in MB.
                 Defaults to $KERASTUNE_MIN_FREE_MB, else `MIN_FREE_MB`.
             resume: dict or None. {"recipe", "backend", "config"} of the run
@@ -265,37 +228,91 @@ class RunDir:
         path = os.fspath(path)
         if os.path.exists(path) and not os.path.isdir(path):
             raise KerastuneError(f"output dir {path!r} exists and is not a folder")
-        busy = os.path.isdir(path) and os.listdir(path)
+        check_not_foreign(path, overwrite)
+        busy = holds_files(path)
+        if busy and not overwrite and os.path.exists(os.path.join(path, FINISHED)):
+            raise KerastuneError(f"output dir {path!r} already holds a finished run; choose "
+                                 "another --output-dir or pass --overwrite")
+        held = _lock_run(path) if busy else None  # a run: locked before it is looked into
+        try:
+            run = cls._create(path, busy, held, overwrite, min_free_mb, resume)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        if held is not None and held is not run.lock:
+            held.release()  # the lock of the run set aside or removed
+        return run
+
+    @classmethod
+    def _create(cls, path, busy, held, overwrite, min_free_mb, resume):
+        recipe = (resume or {}).get("recipe")
         resumed = bool(busy and not overwrite and resume is not None
                        and _resumable(path, resume))
         if resumed:
             check_writable(path, min_free_mb)
             run = cls(path)
-            run.resumed = True
+            run.resumed, run.lock = True, held
+            if not os.path.exists(run.file(MARKER)):  # a run of an earlier version
+                run._write_marker(recipe)
             return run
         if busy and not overwrite:
-            what = "a finished run" if os.path.exists(os.path.join(path, FINISHED)) else "files"
+            what = ("a finished run" if os.path.exists(os.path.join(path, FINISHED))
+                    else "an unfinished run")
             raise KerastuneError(
                 f"output dir {path!r} already holds {what}; choose another "
                 "--output-dir or pass --overwrite"
             )
-        check_writable(path, min_free_mb, set_aside=bool(busy))
-        if busy and os.path.isdir(path + REPLACED) and not os.path.exists(
+        check_writable(path, min_free_mb, set_aside=busy)
+        replaced = path + REPLACED
+        if busy and os.path.lexists(replaced) and not (os.path.isdir(replaced)
+                                                       and is_run(replaced)):
+            raise KerastuneError(
+                f"output dir {path!r} cannot be set aside for --overwrite: {replaced!r} "
+                "exists and is not a kerastune run; move it away or choose another "
+                "--output-dir")
+        if busy and os.path.isdir(replaced) and not os.path.exists(
                 os.path.join(path, FINISHED)):
             # The unfinished run of an earlier --overwrite: the finished run
             # it replaced stays set aside.
             shutil.rmtree(path)
         elif busy:
             # Set aside, not deleted, until the new run finishes (`finish`).
-            shutil.rmtree(path + REPLACED, ignore_errors=True)
-            os.replace(path, path + REPLACED)
+            shutil.rmtree(replaced, ignore_errors=True)  # a run (checked above)
+            os.replace(path, replaced)
+            if held is not None:  # its lock file went with it
+                held.path = os.path.join(replaced, LOCK_FILE)
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
             raise KerastuneError(f"output dir {path!r} cannot be created: {e.strerror}")
         if not os.access(path, os.W_OK):
             raise KerastuneError(f"output dir {path!r} is not writable")
-        return cls(path)
+        run = cls(path)
+        run.lock = RunLock.acquire(path)  # refused if another process took it meanwhile
+        try:
+            run._write_marker(recipe)
+        except BaseException:
+            run.discard()  # nothing here yet: put back the run it replaced, if any
+            raise
+        return run
+
+    def _write_marker(self, recipe=None):
+        from kerastune_lab import __version__
+
+        # Atomic, not synced: its being there is what counts, and the run's
+        # first synced file (config.json) is the one a full disk names.
+        write_json(self.file(MARKER), {
+            "recipe": recipe,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "kerastune_lab": __version__}, sync=False)
+
+    def release(self):
+        """Lets other processes use the folder (`RunLock`); idempotent.
+        `run_recipe` calls it as it ends, whatever the end."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @classmethod
     def open(cls, path):
@@ -363,13 +380,16 @@ class RunDir:
             os.remove(self.file(FAILED))
         self.write_text(FINISHED, datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")
         shutil.rmtree(self.file(BACKUP_DIR), ignore_errors=True)
-        shutil.rmtree(self.path + REPLACED, ignore_errors=True)
+        if is_run(self.path + REPLACED):  # only a run set aside, never a folder of the user's
+            shutil.rmtree(self.path + REPLACED, ignore_errors=True)
+        self.release()  # finished: nothing more is written
 
     def discard(self):
         """Removes this unfinished run and puts back the run it replaced."""
         shutil.rmtree(self.path, ignore_errors=True)
-        if os.path.isdir(self.path + REPLACED):
+        if os.path.isdir(self.path + REPLACED) and is_run(self.path + REPLACED):
             os.replace(self.path + REPLACED, self.path)
+        self.release()
 
 
 def read_csv(path):

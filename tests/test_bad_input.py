@@ -104,6 +104,11 @@ def inputs(tmp_path_factory):
     (d / "nomodel" / "config.json").write_text('{"config": {"image_size": 32}}')
     (d / "nomodel" / "labels.json").write_text('["cat", "dog"]')
     (d / "existing_output").mkdir()
+    (d / "userfolder" / "data").mkdir(parents=True)  # a folder of the user's: no run
+    (d / "userfolder" / "thesis.txt").write_text("four years of work\n")
+    (d / "userfolder" / "notes.md").write_text("# notes\n")
+    (d / "oldrun").mkdir()  # config.json alone: not a run of an earlier version either
+    (d / "oldrun" / "config.json").write_text('{"recipe": "cats_vs_dogs", "config": {}}')
     return d
 
 
@@ -126,6 +131,17 @@ CASES = [
      ["{image}", "finished run", "--overwrite"]),
     ("run-overwrite-a-file", ["run", CATS, "--smoke", "--overwrite", "--output-dir",
                               "{in}/afile"], ["afile", "is a file"]),
+    # run: a folder that is not a run is never written into nor replaced
+    ("run-overwrite-a-user-folder", ["run", CATS, "--smoke", "--overwrite", "--output-dir",
+                                     "{in}/userfolder"],
+     ["output dir '{in}/userfolder' is not a kerastune run (it holds data/, notes.md and 1 "
+      "more): choose another --output-dir; --overwrite replaces only run folders"]),
+    ("run-into-a-user-folder", ["run", CATS, "--smoke", "--output-dir", "{in}/userfolder"],
+     ["'{in}/userfolder' is not a kerastune run", "data/, notes.md and 1 more",
+      "choose another --output-dir (a new or empty folder)"]),
+    ("run-overwrite-config-json-alone", ["run", CATS, "--smoke", "--overwrite", "--output-dir",
+                                         "{in}/oldrun"],
+     ["oldrun", "not a kerastune run", "config.json"]),
     # run: data formats
     ("images-missing", ["run", CATS, "--smoke", "data={in}/nowhere"],
      ["data folder", "nowhere", "does not exist"]),
@@ -211,6 +227,14 @@ CASES = [
      ["existing_output", "already exists"]),
     ("export-peft-of-image-run", ["export", "{image}", "--format", "peft", "--output",
                                   "{in}/exported"], ["{image}", "peft"]),
+    # recipes by name, cp
+    ("run-unknown-recipe-name", ["run", "cats_vs_dog", "--smoke"],
+     ["no recipe named 'cats_vs_dog'", "did you mean 'cats_vs_dogs'"]),
+    ("cp-unknown-recipe", ["cp", "lora_chats", "{in}/mine.py"],
+     ["no recipe named 'lora_chats'", "did you mean 'lora_chat'"]),
+    ("cp-onto-an-existing-file", ["cp", "lora_chat", "{in}/notes.txt"],
+     ["notes.txt", "already exists"]),
+    ("recipes-extra-argument", ["recipes", "lora_chat"], ["unexpected extra argument"]),
     # info, presets
     ("info-bad-backend", ["info", "--backend", "mxnet"], ["unknown backend", "mxnet"]),
     ("presets-unknown-kind", ["presets", "image_clasifier"],
@@ -222,6 +246,7 @@ CASES = [
 def test_bad_input(cli, runs, inputs, tmp_path, args, fragments):
     before = {name: snapshot(path) for name, path in runs.items()}
     listing = sorted(os.listdir(inputs))
+    mine = snapshot(inputs / "userfolder")
     names = dict(runs, **{"in": str(inputs)})
     fill = lambda s: str(s).format(**names)  # noqa: E731
     args = list(map(fill, args))
@@ -233,6 +258,7 @@ def test_bad_input(cli, runs, inputs, tmp_path, args, fragments):
     assert not out.exists()
     assert {name: snapshot(path) for name, path in runs.items()} == before
     assert sorted(os.listdir(inputs)) == listing  # no output, no half-made folder
+    assert snapshot(inputs / "userfolder") == mine  # a folder of the user's: untouched
     assert not [n for n in os.listdir(os.path.dirname(runs["image"]))
                 if n.endswith((".replaced", ".old")) or n.startswith(".")]
 

@@ -1,6 +1,8 @@
 """The recipe-file reader (no execution) agrees with the imported recipes."""
 
 import dataclasses
+import glob
+import os
 import typing
 
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from kerastune_lab import recipe_file
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.recipe import load_recipe
-from tests.conftest import recipe_path
+from tests.conftest import ROOT, recipe_path
 
 RECIPES = ["cats_vs_dogs", "xray_pneumonia", "imdb_sentiment", "sarcastic_chat", "lora_chat"]
 
@@ -29,7 +31,7 @@ def test_fields_types_defaults_and_ranges_match_the_dataclass(name):
             assert got.default == getattr(defaults, field.name), field.name
         assert got.bounds == (field.metadata.get("bounds") or {}), field.name
         assert got.choices == field.metadata.get("choices"), field.name
-    assert read.has_smoke and read.launch_lines()[0].startswith(f"kerastune run recipes/{name}")
+    assert read.has_smoke and read.launch_lines()[0].startswith(f"kerastune run {name} ")
 
 
 def test_comments_and_a_broken_file(tmp_path):
@@ -52,3 +54,29 @@ def test_comments_and_a_broken_file(tmp_path):
     path.write_text("class Config(:\n")
     with pytest.raises(KerastuneError, match="line 1"):
         recipe_file.read(path)
+
+
+def _builtin_made(hint):
+    """Whether a runtime type is made of builtin types, None and unions of them."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is None:
+        return hint in (int, float, str, bool, dict, list, tuple, type(None))
+    return origin in (typing.Union, type(int | None), list, dict, tuple) and all(
+        a is Ellipsis or _builtin_made(a) for a in args)
+
+
+SHIPPED = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.py")))
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if not p.endswith("__init__.py")],
+                         ids=os.path.basename)
+def test_each_shipped_recipe_reads_as_its_dataclass(path):
+    # Every key whose runtime type is builtin-made is read as that very type
+    # (from the AST alone: recipe_file evaluates nothing).
+    module = load_recipe(path)
+    hints = typing.get_type_hints(module.Config)
+    read = recipe_file.read(path).fields
+    for field in dataclasses.fields(module.Config):
+        if _builtin_made(hints[field.name]):
+            assert read[field.name].annotation == hints[field.name], field.name

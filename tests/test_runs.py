@@ -153,4 +153,5 @@ def test_finish_drops_a_failed_mark(tmp_path):
     run.write_csv("history.csv", [{"epoch": 1}])
     assert run.fail("kerastune: error: x", 2)
     run.finish()
-    assert sorted(os.listdir(run.path)) == ["FINISHED", "history.csv"]
+    # kerastune_run.json: the marker of a run folder; no .lock once finished.
+    assert sorted(os.listdir(run.path)) == ["FINISHED", "history.csv", "kerastune_run.json"]
