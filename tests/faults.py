@@ -55,11 +55,33 @@ def run_cli_with_signal(spec, *args, timeout=600):
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+@contextlib.contextmanager
+def signal_in_export(name):
+    """While active, sends SIG`name` to this process once `kerastune export`
+    has written its output into the temporary folder, before the rename."""
+    from kerastune_lab.export import run
+
+    original = run._write
+
+    def _write(*args, **kwargs):
+        result = original(*args, **kwargs)
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
+        return result
+
+    run._write = _write
+    try:
+        yield
+    finally:
+        run._write = original
+
+
 if __name__ == "__main__":
     # python -m tests.faults KILL@6 run RECIPE ...: `kerastune run RECIPE ...`
-    # with the signal. Keras is imported here, on KERAS_BACKEND.
+    # with the signal at the 6th batch; KILL@export export RUN ...: at the end
+    # of the export, before its rename. Keras is imported here, on
+    # KERAS_BACKEND.
     name, _, after = sys.argv[1].partition("@")
     from kerastune_lab.cli import main
 
-    with signal_at_batch(name, int(after)):
+    with signal_in_export(name) if after == "export" else signal_at_batch(name, int(after)):
         main(sys.argv[2:])

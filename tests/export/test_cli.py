@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, run_cli
 
 
 def test_export_bad_input(lora_run, cli, tmp_path):
@@ -72,3 +72,34 @@ def _gpt2_lora_run(path):
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"config": {}}))
     lora.save_adapter(model, path / "adapter.lora.h5", preset=preset)
+
+
+def test_a_killed_export_leaves_a_temporary_the_next_one_removes(lora_run, tmp_path):
+    """SIGKILL after the files are written, before the rename: the output is
+    not there, a hidden temporary is; the next export into the same place
+    removes it and writes the output."""
+    from tests.faults import run_cli_with_signal
+
+    out = tmp_path / "peft"
+    result = run_cli_with_signal("KILL@export", "export", lora_run, "--format", "peft",
+                                 "--preset", "llama2_7b_en", "--output", out)
+    assert result.code == -9, result
+    assert not out.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".peft.")]
+    assert len(leftovers) == 1, list(tmp_path.iterdir())
+    result = run_cli("export", lora_run, "--format", "peft", "--preset", "llama2_7b_en",
+                     "--output", out)
+    assert result.code == 0, result
+    assert (out / "adapter_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["peft"]
+
+
+def test_an_interrupted_export_exits_130_and_leaves_nothing(lora_run, tmp_path):
+    from tests.faults import run_cli_with_signal
+
+    out = tmp_path / "peft"
+    result = run_cli_with_signal("INT@export", "export", lora_run, "--format", "peft",
+                                 "--preset", "llama2_7b_en", "--output", out)
+    assert result.code == 130, result
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
