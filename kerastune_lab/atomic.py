@@ -24,6 +24,12 @@ except ImportError:  # Windows: leftovers stay (no lock to tell a dead writer's)
     fcntl = None
 
 
+def normal_path(path):
+    """`path` as the file system means it: `~` expanded, a trailing slash
+    and `.`/`..` parts resolved (`out/` and `out` are the same folder)."""
+    return os.path.normpath(os.path.expanduser(os.fspath(path)))
+
+
 def _lock_folder(folder):
     """An open descriptor of `folder` holding its exclusive lock (None where
     the OS or file system has no such locks)."""
@@ -78,7 +84,7 @@ def atomic_path(path):
     Temporaries of killed writers of `path` are removed first
     (`remove_leftovers`).
     """
-    path = os.fspath(path)
+    path = normal_path(path)
     parent = os.path.dirname(os.path.abspath(path))
     tmp = held = None
     try:
@@ -147,4 +153,5 @@ def _jsonable(value):
     return str(value)
 
 
-__all__ = ["atomic_path", "remove_leftovers", "write_csv", "write_json", "write_text"]
+__all__ = ["atomic_path", "normal_path", "remove_leftovers", "write_csv", "write_json",
+           "write_text"]

@@ -283,6 +283,9 @@ def merge(run_dir, output, preset, backend):
     if os.path.isdir(run_dir) and not os.path.isfile(adapter):
         raise KerastuneError(f"run dir {run_dir!r} has no {ADAPTER_FILE}: expected a LoRA "
                              "run (kerastune run lora_chat) or an adapter file")
+    from kerastune_lab.runs import normal_path
+
+    output = normal_path(output)  # out/ and ~/out as the user means them
     if os.path.exists(output):
         raise KerastuneError(f"output {output!r} already exists: expected a new folder "
                              "(remove it or choose another --output)")

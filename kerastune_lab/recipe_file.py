@@ -253,7 +253,7 @@ def check_output_dir(path, overwrite=False):
     disk. Looks only: writes nothing."""
     from kerastune_lab import runs
 
-    path = os.fspath(path)
+    path = runs.normal_path(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise KerastuneError(f"output dir {path!r} exists and is not a folder")
     runs.check_not_foreign(path, overwrite)

@@ -31,6 +31,7 @@ import shutil
 from kerastune_lab.atomic import (  # noqa: F401  (part of this module's API)
     _jsonable,
     atomic_path,
+    normal_path,
     write_csv,
     write_json,
     write_text,
@@ -189,7 +190,7 @@ class RunDir:
     """
 
     def __init__(self, path):
-        self.path = os.fspath(path)
+        self.path = normal_path(path)
         self.resumed = False  # an unfinished run, reused by `create(resume=...)`
         self.lock = None  # the `RunLock` of a run made by `create`, until `release`
 
@@ -225,7 +226,7 @@ class RunDir:
                 of the same ones at `path` is reused (`resumed` is True), one
                 of others is an error.
         """
-        path = os.fspath(path)
+        path = normal_path(path)
         if os.path.exists(path) and not os.path.isdir(path):
             raise KerastuneError(f"output dir {path!r} exists and is not a folder")
         check_not_foreign(path, overwrite)
@@ -317,7 +318,7 @@ class RunDir:
     @classmethod
     def open(cls, path):
         """Opens a finished run directory for reading (predict, evaluate)."""
-        path = os.fspath(path)
+        path = normal_path(path)
         if not os.path.isdir(path):
             raise KerastuneError(f"run dir {path!r} does not exist")
         if not os.path.exists(os.path.join(path, "config.json")):

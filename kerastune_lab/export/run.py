@@ -19,7 +19,7 @@ import shutil
 
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.generate import ADAPTER_FILE, CHAT_FILE
-from kerastune_lab.runs import RunDir, atomic_path
+from kerastune_lab.runs import RunDir, atomic_path, normal_path
 
 FORMATS = ("hf", "peft", "keras", "serving")
 _FITS = {"causal_lm": ("hf",), "lora": ("hf", "peft"),
@@ -71,7 +71,7 @@ def export_run(run_dir, fmt, output, with_base=False, preset=None):
     """
     if fmt not in FORMATS:
         raise KerastuneError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    output = os.fspath(output)
+    output = normal_path(output)  # out/ and ~/out as the user means them
     if os.path.exists(output):
         raise KerastuneError(f"output {output!r} already exists: expected a new folder "
                              "(remove it or choose another --output)")

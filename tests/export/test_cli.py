@@ -103,3 +103,22 @@ def test_an_interrupted_export_exits_130_and_leaves_nothing(lora_run, tmp_path):
     assert result.code == 130, result
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_paths_as_the_user_means_them(lora_run, cli, tmp_path, monkeypatch):
+    """A trailing slash (as the README writes folders) and `~` name the same
+    folder as without them."""
+    result = cli("export", lora_run, "--format", "peft", "--preset", "llama2_7b_en",
+                 "--output", f"{tmp_path}/slash/")
+    assert result.code == 0, result
+    assert (tmp_path / "slash" / "adapter_config.json").is_file()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    result = cli("export", lora_run, "--format", "peft", "--preset", "llama2_7b_en",
+                 "--output", "~/adapters/")
+    assert result.code == 0, result
+    assert result.last_line == str(tmp_path / "home" / "adapters")
+    assert (tmp_path / "home" / "adapters" / "adapter_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "slash"]
+    assert_one_line_error(cli("export", lora_run, "--format", "peft", "--output",
+                              f"{tmp_path}/slash/"), "already exists")
