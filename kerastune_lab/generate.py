@@ -208,9 +208,14 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
         model, _ = load_with_adapter(adapter, preset, dtype=dtype)
     else:
         model = load_run_model(run, keras_hub.models.CausalLM)
-    template = ChatTemplate(model.preprocessor.tokenizer, settings["template"],
-                            settings.get("add_start_token", True))
-    return ChatGenerator(model, template, sampler, max_length, **sampler_args)
+    return ChatGenerator(model, chat_template_of(model, settings), sampler, max_length,
+                         **sampler_args)
+
+
+def chat_template_of(model, settings):
+    """The `ChatTemplate` of a run's `chat.json` settings, over `model`'s tokenizer."""
+    return ChatTemplate(model.preprocessor.tokenizer, settings["template"],
+                        settings.get("add_start_token", True))
 
 
 def chat_settings(template):

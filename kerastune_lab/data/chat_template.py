@@ -160,6 +160,50 @@ class ChatTemplate:
                 ids += self._tokenize([part])[0]
         return ids
 
+    def _text(self, literal):
+        """A template piece as text, `{eos}` spelled as the tokenizer's end token."""
+        end = getattr(self.tokenizer, "end_token", None)
+        return literal.replace("{eos}", end) if end is not None else literal
+
+    def render(self, turns):
+        """The text of a conversation as the template lays it out: the string
+        the token ids of `encode` spell (each piece tokenised on its own
+        there), with the start token first when `add_start_token`.
+
+        Args:
+            turns: list of (role, text), roles "user" and "assistant".
+        """
+        head, after = self.template.split("{response}")
+        before, between = head.split("{prompt}")
+        start = getattr(self.tokenizer, "start_token", None)
+        parts = [start] if self.add_start_token and start is not None else []
+        for role, text in turns:
+            parts += ([self._text(before), text, self._text(between)] if role == "user"
+                      else [text, self._text(after)])
+        return "".join(parts)
+
+    def jinja(self):
+        """The template as a Jinja chat template (Hugging Face's
+        `tokenizer.chat_template`): `apply_chat_template` on role/content
+        messages renders exactly `render` of the same turns. The user part
+        ends where the assistant's reply begins, so a conversation that ends
+        with a user message is the prompt for the next reply (with or without
+        `add_generation_prompt`)."""
+        import json
+
+        head, after = self.template.split("{response}")
+        before, between = head.split("{prompt}")
+        start = getattr(self.tokenizer, "start_token", None)
+        quote = lambda text: "{{ " + json.dumps(self._text(text)) + " }}"  # noqa: E731
+        return ("".join([quote(start)] if self.add_start_token and start is not None else [])
+                + "{% for message in messages %}"
+                + "{% if message['role'] == 'user' %}" + quote(before)
+                + "{{ message['content'] }}" + quote(between)
+                + "{% elif message['role'] == 'assistant' %}{{ message['content'] }}"
+                + quote(after)
+                + "{% else %}{{ raise_exception('this model was tuned on user and assistant "
+                  "turns only, not ' + message['role']) }}{% endif %}{% endfor %}")
+
     def encode_many(self, conversations, loss_on="assistant"):
         """Tokenises conversations; returns a list of `Example`.
 

@@ -78,6 +78,20 @@ def save_transformers(causal_lm, folder):
     return folder
 
 
+def save_chat_template(template, folder):
+    """Writes a `ChatTemplate` as the folder's `chat_template` (Jinja, in
+    tokenizer_config.json), so that transformers' `apply_chat_template` and
+    `pipeline("text-generation")` on role/content messages render the text
+    the model was tuned on."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["chat_template"] = template.jinja()
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+
+
 def _llama2_config(backbone):
     config = compat.hf_config(backbone, like="Llama3Backbone")
     config["max_position_embeddings"] = LLAMA2_CONTEXT

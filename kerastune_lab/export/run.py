@@ -112,6 +112,10 @@ def _write(run, kind, task_cls, fmt, folder, with_base, preset, output):
         model = load_run_model(run, task_cls)
     if fmt == "hf":
         hf.save_transformers(model, folder)
+        if os.path.isfile(run.file(CHAT_FILE)):  # the chat template the run trained with
+            from kerastune_lab.generate import chat_template_of
+
+            hf.save_chat_template(chat_template_of(model, run.read_json(CHAT_FILE)), folder)
         return
     if os.path.isfile(run.file("labels.json")):
         shutil.copy(run.file("labels.json"), os.path.join(folder, "labels.json"))

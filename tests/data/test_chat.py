@@ -99,6 +99,24 @@ def test_prompt_for_generation_ends_where_the_reply_starts(template):
     assert prompt[-1] == template.markers["<|assistant|>"][0]
 
 
+def test_render_is_the_text_the_ids_spell():
+    """`render` (what the Hugging Face chat template reproduces) is the text
+    of the ids training uses: GPT-2's byte-level tokenizer gives it back
+    exactly, start token, markers and end tokens included."""
+    import keras_hub
+
+    tok = keras_hub.models.Tokenizer.from_preset(testing.tiny_preset("gpt2"))
+    template = chat.ChatTemplate(tok, chat.DEFAULT_TEMPLATE)
+    turns = list(MULTI_TURN) + [("user", "and the cat?")]
+    text = template.render(turns)
+    ids = template.encode(turns).token_ids
+    assert chat_template._as_str(tok.detokenize(ids)) == text
+    assert text.startswith("<|endoftext|><|user|>") and text.endswith("<|assistant|>")
+    eos = chat.ChatTemplate(tok, "[u]{prompt}{eos}[a]{response}{eos}", add_start_token=False)
+    assert eos.render([("user", "hi"), ("assistant", "oh")]) == \
+        "[u]hi<|endoftext|>[a]oh<|endoftext|>"
+
+
 def test_markers_missing_from_the_vocabulary_are_always_the_same_ids():
     import keras_hub
 

@@ -56,14 +56,23 @@ def _new_run(path, config=None):
     return path
 
 
+# The chat runs' templates: GPT-2's spells its end token; Llama's has it as
+# {eos} (its text, `</s>`, is not in the template).
+TEMPLATES = {"gpt2": "<|user|>{prompt}<|endoftext|><|assistant|>{response}<|endoftext|>",
+             "llama": "[user] {prompt}{eos}[assistant] {response}{eos}"}
+
+
 def chat_run(path, kind):
-    """A chat run (recipes/sarcastic_chat.py): the whole model in model/."""
+    """A chat run (the sarcastic_chat recipe): the whole model in model/,
+    its template in chat.json."""
     import keras_hub
 
     model = keras_hub.models.CausalLM.from_preset(testing.tiny_preset(kind))
     _train(model)
     _new_run(path)
     model.save_to_preset(os.path.join(path, "model"))
+    with open(os.path.join(path, "chat.json"), "w") as f:
+        json.dump({"template": TEMPLATES[kind], "add_start_token": True}, f)
     return path
 
 
