@@ -195,8 +195,16 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
         folder = adapter if os.path.isdir(adapter) else os.path.dirname(os.path.abspath(adapter))
         beside = os.path.join(folder, CHAT_FILE)
         if os.path.exists(beside):
-            with open(beside, encoding="utf-8") as f:
-                settings = json.load(f)
+            try:
+                with open(beside, encoding="utf-8") as f:
+                    settings = json.load(f)
+            except (OSError, ValueError) as e:
+                raise KerastuneError(f"{beside!r} beside adapter {adapter!r} cannot be "
+                                     f"read ({e}): expected the JSON kerastune writes "
+                                     "there") from None
+            if not isinstance(settings, dict) or not isinstance(settings.get("template"), str):
+                raise KerastuneError(f"{beside!r} beside adapter {adapter!r}: expected a "
+                                     "JSON object with a \"template\" string")
         else:
             logging.getLogger("kerastune_lab").info(
                 "no %s beside %s: chatting with the template %s", CHAT_FILE, adapter,

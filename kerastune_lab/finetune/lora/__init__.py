@@ -55,6 +55,7 @@ from kerastune_lab.finetune.lora.merge import (
     save_merged_preset,
 )
 from kerastune_lab.finetune.lora.peft_folder import (
+    MAX_RANK,
     is_peft_folder,
     modules_of,
     read_peft_folder,
@@ -78,6 +79,7 @@ __all__ = [
     "LoraDense",
     "LoraEinsumDense",
     "LoraState",
+    "MAX_RANK",
     "abstract_weights",
     "backbone_of",
     "carries_lora",

@@ -11,15 +11,17 @@ model that saves and loads without this package.
 
 import os
 
+import numpy as np
 from keras import ops
 
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune._backbone import backbone_of, layer_paths, lora_state
 from kerastune_lab.finetune.lora.adapter_file import (
     check_base,
+    expected_shapes,
     load_adapter,
     read_adapter_metadata,
-    read_factors,
+    read_checked_factors,
 )
 from kerastune_lab.finetune.lora.layers import Factorisation
 from kerastune_lab.finetune.lora.peft_folder import is_peft_folder, peft_base_preset
@@ -70,6 +72,13 @@ def merge_adapter(model, path):
     on top, and differs from the quantized model it was trained with by the
     quantization error of the base.
 
+    The adapter is checked as `load_adapter` checks it (metadata, every
+    factor's shape against the base's layer, finite values) before any
+    kernel changes, and each merged kernel is checked finite in W's dtype
+    before it is assigned: a failure is a one-line `KerastuneError`; after
+    one about a merged kernel, the kernels before it in the file are merged
+    (load the base again).
+
     Args:
         model: a KerasHub backbone or task, loaded from the base preset
             without quantizing and without LoRA.
@@ -77,6 +86,7 @@ def merge_adapter(model, path):
     """
     import h5py
 
+    path = os.fspath(path)
     metadata = read_adapter_metadata(path)
     backbone = backbone_of(model)
     check_base(metadata, backbone, path)
@@ -84,19 +94,31 @@ def merge_adapter(model, path):
         raise KerastuneError(f"merge {path!r}: expected a plain float base (no LoRA, "
                              "not quantized), as loaded from the preset")
     layers = layer_paths(backbone)
-    scale = metadata["alpha"] / metadata["rank"]
+    for layer_path in metadata["layers"]:
+        if type(layers.get(layer_path)) not in PROJECTION_CLASSES:
+            raise KerastuneError(f"adapter {path!r} names layer {layer_path!r}, "
+                                 "where the base has no Dense/EinsumDense layer")
+    shapes = expected_shapes(backbone, metadata, path)
     with h5py.File(path, "r") as f:
-        for layer_path in metadata["layers"]:
-            layer = layers.get(layer_path)
-            if type(layer) not in PROJECTION_CLASSES:
-                raise KerastuneError(f"adapter {path!r} names layer {layer_path!r}, "
-                                     "where the base has no Dense/EinsumDense layer")
-            factorisation = Factorisation.of(layer)
-            a, b = read_factors(f, layer_path, factorisation, metadata["rank"], path)
-            kernel = layer.kernel
-            merged = ops.convert_to_numpy(ops.cast(kernel, "float32")).astype("float64")
-            merged += factorisation.delta(a, b, scale)
-            kernel.assign(ops.cast(merged.astype("float32"), kernel.dtype))
+        factors = read_checked_factors(f, metadata, shapes, path)
+    scale = metadata["alpha"] / metadata["rank"]
+    for layer_path, (a, b) in factors.items():
+        layer = layers[layer_path]
+        kernel = layer.kernel
+        base = ops.convert_to_numpy(ops.cast(kernel, "float32")).astype("float64")
+        if not np.isfinite(base).all():
+            raise KerastuneError(f"merge {path!r}: the base's kernel of layer "
+                                 f"{layer_path!r} holds NaN or inf: expected a finite "
+                                 "base (load the preset again)")
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            base += Factorisation.of(layer).delta(a, b, scale)
+            merged = ops.cast(base.astype("float32"), kernel.dtype)
+        if not bool(ops.convert_to_numpy(ops.all(ops.isfinite(merged)))):
+            raise KerastuneError(
+                f"merge {path!r}: the merged kernel of layer {layer_path!r} holds NaN "
+                f"or inf in {kernel.dtype}: expected finite values (the update "
+                f"alpha / rank * A B, scale {scale:g}, is too large for the kernel's dtype)")
+        kernel.assign(merged)
     return model
 
 

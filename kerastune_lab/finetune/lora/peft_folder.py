@@ -18,16 +18,23 @@ q/k/v projections (Llama 2 and 3). GPT-2 fuses them into one `c_attn`
 module and is refused: export it merged instead.
 
 Written by hand: neither peft nor KerasHub converts between the two. Only
-safetensors are read (arrays, no code), never `adapter_model.bin` (pickle).
+safetensors are read (arrays, no code), never `adapter_model.bin` (pickle),
+and checked before use as `adapter_file` checks its own files: the checks
+both formats share (`check_rank_alpha`, `expected_shapes`, `read_finite`)
+are at the end of this module, which `adapter_file` imports.
 """
 
 import json
+import math
 import os
 import re
 
 import numpy as np
 
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.finetune._backbone import lora_state
+from kerastune_lab.finetune.lora.layers import Factorisation
+from kerastune_lab.finetune.lora.targets import target_layers
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -50,6 +57,14 @@ _KEY = re.compile(r"base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])\.
 _PLAIN = {"bias": "none", "use_dora": False, "rank_pattern": {}, "alpha_pattern": {},
           "layers_to_transform": None, "modules_to_save": None, "lora_bias": False,
           "fan_in_fan_out": False}
+
+# The largest LoRA rank an adapter may record: far above any published
+# adapter (4 to 256), and a bound on what an adapter can make a load
+# allocate (factors of at most (d_in + d_out) * MAX_RANK per layer).
+MAX_RANK = 4096
+# Elements of a factor read (and checked finite) at a time.
+_BLOCK = 1 << 22
+DIVERGED = "expected finite values (the run that wrote it diverged?)"
 
 
 def modules_of(backbone_class, what):
@@ -112,14 +127,17 @@ def is_peft_folder(path):
 def read_peft_folder(folder, backbone):
     """Reads a peft LoRA adapter folder for `backbone` into our layout.
 
+    Checked as `load_adapter` checks our own files, before any factor is
+    read: the config (r, lora_alpha, ...), the tensor names, and every
+    tensor's shape (from the safetensors header) against the base's layer;
+    then each tensor's values as it is read (finite, block by block).
+
     Returns:
         (metadata, factors): metadata as `read_adapter_metadata` gives it
         (rank, alpha, targets, layers; quantize None: any base), and
-        {layer path: (A (d_in, r), B (r, d_out))} as numpy arrays. Shapes
-        are checked by the caller, as for our own files.
+        {layer path: (A (d_in, r), B (r, d_out))} as float numpy arrays.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors import SafetensorError, safe_open
 
     what = f"adapter {os.fspath(folder)!r}"
     table = modules_of(type(backbone).__name__, what)
@@ -129,32 +147,83 @@ def read_peft_folder(folder, backbone):
         raise KerastuneError(f"{what} has no {WEIGHTS_FILE}: expected peft's safetensors "
                              "(adapter_model.bin, pickle, is not loaded)")
     try:
-        tensors = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as e:
+        with safe_open(weights, framework="numpy") as handle:
+            metadata, keys = _peft_layout(handle, table, config, what)
+            shapes = expected_shapes(backbone, metadata, folder)
+            slices = {}
+            for layer_path, (a_shape, b_shape) in shapes.items():
+                for side, expected in (("A", a_shape), ("B", b_shape)):
+                    key = keys[layer_path][side]
+                    slices[key] = _checked_slice(handle, key, expected, side, layer_path,
+                                                 metadata["rank"], what)
+            factors = {}
+            for layer_path in shapes:
+                a, b = (_read_transposed(slices[keys[layer_path][side]],
+                                         keys[layer_path][side], what) for side in "AB")
+                factors[layer_path] = (a, b)
+    except (SafetensorError, OSError) as e:
         raise KerastuneError(f"{what}: {WEIGHTS_FILE} cannot be read ({e})") from None
+    return metadata, factors
+
+
+def _peft_layout(handle, table, config, what):
+    """(metadata, {layer path: {"A": key, "B": key}}) from the tensor names
+    of the open safetensors `handle` and the checked `config`."""
     layers = {module: suffix for suffix, module in table.items()}
-    pairs = {}
-    for key, value in tensors.items():
+    keys = {}
+    for key in handle.keys():
         match = _KEY.fullmatch(key)
         if not match or match.group(2) not in layers:
             raise KerastuneError(f"{what} holds {key!r}: expected LoRA factors of "
                                  f"{', '.join(sorted(layers))} as peft writes them "
                                  "(base_model.model.model.layers.N.<module>.lora_A.weight)")
         layer_path = f"transformer_layer_{match.group(1)}/{layers[match.group(2)]}"
-        pairs.setdefault(layer_path, {})[match.group(3)] = value
-    factors = {}
-    for layer_path, pair in sorted(pairs.items()):
+        keys.setdefault(layer_path, {})[match.group(3)] = key
+    if not keys:
+        raise KerastuneError(f"{what}: {WEIGHTS_FILE} holds no tensor: expected LoRA "
+                             "factors as peft writes them")
+    for layer_path, pair in sorted(keys.items()):
         if set(pair) != {"A", "B"}:
             raise KerastuneError(f"{what} holds lora_A or lora_B of {layer_path!r} without "
                                  "the other: the file is damaged")
-        factors[layer_path] = (pair["A"].T, pair["B"].T)
     rank, alpha = config["r"], config["lora_alpha"]
     if config.get("use_rslora"):
         alpha = alpha * rank ** 0.5  # rsLoRA scales by alpha / sqrt(r)
-    targets = sorted({path.rsplit("/", 1)[-1] for path in factors})
-    metadata = {"rank": rank, "alpha": alpha, "targets": targets, "layers": sorted(factors),
+    targets = sorted({path.rsplit("/", 1)[-1] for path in keys})
+    metadata = {"rank": rank, "alpha": alpha, "targets": targets, "layers": sorted(keys),
                 "quantize": None, "base": None}
-    return metadata, factors
+    return metadata, keys
+
+
+# safetensors dtypes read as factors (BF16 through ml_dtypes, as Keras does).
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def _checked_slice(handle, key, expected, side, layer_path, rank, what):
+    """The safetensors slice of `key`, its shape (peft's layout, the
+    transpose of ours) checked against `expected` (ours) without reading it."""
+    piece = handle.get_slice(key)
+    shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
+    ours = tuple(reversed(shape))
+    if ours != tuple(expected):
+        raise KerastuneError(
+            f"{what}: tensor {key!r} has shape {shape}, {side} {ours} in Keras' layout: "
+            f"expected {side} {tuple(expected)} for layer {layer_path!r} (r={rank} on the "
+            "base's layer)")
+    if dtype not in _FLOAT_DTYPES:
+        raise KerastuneError(f"{what}: tensor {key!r} holds {dtype} values: expected "
+                             f"one of {', '.join(_FLOAT_DTYPES)}")
+    return piece
+
+
+def _read_transposed(piece, key, what):
+    """The tensor of safetensors slice `piece` as float32 (or float64),
+    checked finite block by block, transposed into our layout."""
+    import ml_dtypes  # noqa: F401  (numpy then reads bfloat16)
+
+    dtype = "float64" if piece.get_dtype() == "F64" else "float32"
+    return read_finite(lambda start, stop: piece[start:stop], piece.get_shape(), key,
+                       what, dtype=dtype).T
 
 
 def peft_base_preset(folder):
@@ -180,14 +249,88 @@ def _read_config(folder, what):
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise KerastuneError(f"{what}: {CONFIG_FILE} is not a peft LoRA config (expected "
                              "peft_type LORA)")
-    rank = config.get("r")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise KerastuneError(f"{what}: r={rank!r}: expected a positive integer")
-    if not isinstance(config.get("lora_alpha"), (int, float)) or config["lora_alpha"] <= 0:
-        raise KerastuneError(f"{what}: lora_alpha={config.get('lora_alpha')!r}: expected "
-                             "a positive number")
+    check_rank_alpha(config.get("r"), config.get("lora_alpha"), f"{what}: {CONFIG_FILE}",
+                     names=("r", "lora_alpha"))
+    name = config.get("base_model_name_or_path")
+    if name is not None and not isinstance(name, str):
+        raise KerastuneError(f"{what}: {CONFIG_FILE}: base_model_name_or_path="
+                             f"{short_repr(name)}: expected a model name or folder (a string)")
     for key, plain in _PLAIN.items():
         if config.get(key, plain) not in (plain, None if plain == {} else plain):
             raise KerastuneError(f"{what}: {key}={config[key]!r} is not supported: expected "
                                  f"{plain!r} (plain LoRA on every layer)")
     return config
+
+
+def check_rank_alpha(rank, alpha, what, names=("metadata rank", "metadata alpha")):
+    """Raises unless `rank` is an int in [1, MAX_RANK] and `alpha` a finite
+    positive number; `names` are the fields as the file calls them."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:
+        raise KerastuneError(f"{what}: {names[0]}={short_repr(rank)}: expected a "
+                             f"positive integer of at most {MAX_RANK}")
+    if (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+            or not math.isfinite(alpha) or alpha <= 0):
+        raise KerastuneError(f"{what}: {names[1]}={short_repr(alpha)}: expected a "
+                             "finite positive number")
+
+
+def short_repr(value, limit=60):
+    """repr(value), cut to `limit` characters (a message stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def expected_shapes(backbone, metadata, path):
+    """{layer path: (A shape, B shape)} the base expects of the adapter at
+    `path` (its checked `metadata`: rank, alpha, targets, layers).
+
+    A backbone with LoRA must have it as recorded; one without gets it on
+    the layers `targets` names, which must be the layers the adapter holds.
+    Nothing is allocated: the shapes come from the base's layers.
+    """
+    what = f"adapter {os.fspath(path)!r}"
+    state = lora_state(backbone)
+    if state is not None:
+        for key, value in (("rank", state.rank), ("alpha", state.alpha),
+                           ("targets", list(state.targets))):
+            if metadata[key] != value:
+                raise KerastuneError(f"{what} has lora {key}={metadata[key]}, but the "
+                                     f"model has {key}={value}: enable LoRA as recorded, "
+                                     "or load it onto a model without LoRA")
+        layers = state.layers
+    else:
+        try:
+            layers = target_layers(backbone, metadata["targets"])
+        except KerastuneError as e:
+            raise KerastuneError(f"{what}: metadata targets: {e}") from None
+    if sorted(layers) != sorted(metadata["layers"]):
+        raise KerastuneError(f"{what} holds layers {sorted(metadata['layers'])[:3]}..., "
+                             "which are not the model's LoRA layers: load it onto its own "
+                             "base")
+    return {layer_path: (getattr(layer, "lora_factorisation", None)
+                         or Factorisation.of(layer)).shapes(metadata["rank"])
+            for layer_path, layer in sorted(layers.items())}
+
+
+def read_finite(read_rows, shape, name, what, dtype=None):
+    """The array of `shape` that `read_rows(start, stop)` gives block by
+    block (rows start:stop), each block checked finite as it is read."""
+    shape = tuple(int(d) for d in shape)
+    rows = shape[0] if shape else 1
+    per_row = max(1, int(np.prod(shape[1:], dtype="int64")))
+    step = max(1, _BLOCK // per_row)
+    out = None
+    for start in range(0, rows, step):
+        block = np.asarray(read_rows(start, min(rows, start + step)))
+        if dtype is not None:
+            block = block.astype(dtype)
+        if block.dtype.kind != "f":
+            raise KerastuneError(f"{what}: lora factor {name!r} holds {block.dtype} "
+                                 "values: expected floating point")
+        if not np.isfinite(block).all():
+            raise KerastuneError(f"{what}: lora factor {name!r} holds NaN or inf: "
+                                 f"{DIVERGED}")
+        if out is None:
+            out = np.empty(shape, block.dtype)
+        out[start:start + len(block)] = block
+    return out
