@@ -23,7 +23,7 @@ import pytest
 
 from kerastune_lab import testing
 from kerastune_lab.finetune import lora
-from kerastune_lab.finetune.lora import adapter_file, peft_folder
+from kerastune_lab.finetune.lora import adapter_file, checks
 from tests.conftest import assert_one_line_error, raises_one_line
 
 RANK, ALPHA = 2, 5.0
@@ -187,7 +187,7 @@ def test_a_factor_not_finite_is_refused(damaged, cli, monkeypatch, tmp_path,
 def test_factors_are_read_and_checked_block_by_block(adapter, damaged, monkeypatch):
     import h5py
 
-    monkeypatch.setattr(peft_folder, "_BLOCK", 4)  # two rows of A (16, 2) at a time
+    monkeypatch.setattr(checks, "_BLOCK", 4)  # two rows of A (16, 2) at a time
     reads = []
     real = h5py.Dataset.__getitem__
 
@@ -198,13 +198,13 @@ def test_factors_are_read_and_checked_block_by_block(adapter, damaged, monkeypat
     monkeypatch.setattr(h5py.Dataset, "__getitem__", counted)
     _, whole = lora.read_adapter_factors(adapter)
     assert len([r for r in reads if r[0].endswith(f"{QUERY}/lora_a")]) == 8
-    monkeypatch.setattr(peft_folder, "_BLOCK", 1 << 22)
+    monkeypatch.setattr(checks, "_BLOCK", 1 << 22)
     _, at_once = lora.read_adapter_factors(adapter)
     for layer_path, (a, b) in at_once.items():  # the blocks make up the same factors
         np.testing.assert_array_equal(whole[layer_path][0], a)
         np.testing.assert_array_equal(whole[layer_path][1], b)
     # A NaN in the last block is found as well as one in the first.
-    monkeypatch.setattr(peft_folder, "_BLOCK", 4)
+    monkeypatch.setattr(checks, "_BLOCK", 4)
     path = damaged("late_nan", _set_value(QUERY, "lora_a", np.nan, index=(15, 1)))
     raises_one_line(lambda: lora.load_adapter(_tiny_llama(), path),
                     f"'{QUERY}/lora_a' {DIVERGED}")

@@ -38,6 +38,7 @@ from kerastune_lab.finetune.lora.adapter_file import (
     read_adapter_metadata,
     save_adapter,
 )
+from kerastune_lab.finetune.lora.checks import MAX_RANK
 from kerastune_lab.finetune.lora.layers import (
     Factorisation,
     LoraDense,
@@ -55,7 +56,6 @@ from kerastune_lab.finetune.lora.merge import (
     save_merged_preset,
 )
 from kerastune_lab.finetune.lora.peft_folder import (
-    MAX_RANK,
     is_peft_folder,
     modules_of,
     read_peft_folder,

@@ -29,16 +29,14 @@ from keras import ops
 
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune._backbone import backbone_of, lora_state
-from kerastune_lab.finetune.lora.layers import enable_lora
-from kerastune_lab.finetune.lora.peft_folder import (
-    CONFIG_FILE,
+from kerastune_lab.finetune.lora.checks import (
     check_rank_alpha,
     expected_shapes,
-    is_peft_folder,
     read_finite,
-    read_peft_folder,
     short_repr,
 )
+from kerastune_lab.finetune.lora.layers import enable_lora
+from kerastune_lab.finetune.lora.peft_folder import CONFIG_FILE, is_peft_folder, read_peft_folder
 from kerastune_lab.finetune.quantize import QUANTIZE_MODES, quantization_mode, quantize
 from kerastune_lab.runs import atomic_path
 

@@ -18,11 +18,11 @@ from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune._backbone import backbone_of, layer_paths, lora_state
 from kerastune_lab.finetune.lora.adapter_file import (
     check_base,
-    expected_shapes,
     load_adapter,
     read_adapter_metadata,
     read_checked_factors,
 )
+from kerastune_lab.finetune.lora.checks import expected_shapes
 from kerastune_lab.finetune.lora.layers import Factorisation
 from kerastune_lab.finetune.lora.peft_folder import is_peft_folder, peft_base_preset
 from kerastune_lab.finetune.lora.targets import PROJECTION_CLASSES
