@@ -6,8 +6,13 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from kerastune_lab.atomic import atomic_path, remove_leftovers, write_text
 from tests.conftest import ROOT
+
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
 
 WRITER = """
 import os, sys, time

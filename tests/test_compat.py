@@ -20,6 +20,9 @@ import kerastune_lab
 from kerastune_lab import compat
 from kerastune_lab.errors import IncompatibleVersion, KerastuneError
 
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
+
 PACKAGE = pathlib.Path(kerastune_lab.__file__).parent
 COMPAT = PACKAGE / "compat.py"
 PYPROJECT = PACKAGE.parent / "pyproject.toml"

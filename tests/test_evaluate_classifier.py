@@ -18,6 +18,9 @@ from kerastune_lab.evaluate import (
 from kerastune_lab.predict import decide
 from kerastune_lab.runs import RunDir
 
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
+
 NAMES = ["NORMAL", "PNEUMONIA"]
 
 

@@ -8,7 +8,12 @@ resolved, and only imports of kerastune_lab's own modules kept.
 import ast
 import pkgutil
 
+import pytest
+
 import kerastune_lab
+
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
 
 MAX_LINES = 450
 

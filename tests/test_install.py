@@ -13,6 +13,9 @@ from packaging.requirements import Requirement
 
 tomllib = pytest.importorskip("tomllib")
 
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMEWORKS = ("torch", "jax", "jaxlib", "tensorflow")
 # Builds that Colab and Kaggle images have shipped, and later ones.

@@ -20,6 +20,9 @@ from tests.conftest import ROOT, assert_one_line_error
 
 tomllib = pytest.importorskip("tomllib")
 
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
+
 RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "recipes", "*.py"))
                  if not os.path.basename(p).startswith("_"))
 

@@ -12,6 +12,9 @@ from kerastune_lab.errors import KerastuneError
 from kerastune_lab.recipe import load_recipe
 from tests.conftest import ROOT, recipe_path
 
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
+
 RECIPES = ["cats_vs_dogs", "xray_pneumonia", "imdb_sentiment", "sarcastic_chat", "lora_chat"]
 
 

@@ -38,6 +38,9 @@ from tests.conftest import (
     run_cli,
 )
 
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
+
 CATS = recipe_path("cats_vs_dogs")
 PACKAGE = os.path.join(ROOT, "kerastune_lab")
 

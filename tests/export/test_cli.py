@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -74,6 +76,7 @@ def _gpt2_lora_run(path):
     lora.save_adapter(model, path / "adapter.lora.h5", preset=preset)
 
 
+@pytest.mark.backend_independent  # the atomic write, the same on every backend
 def test_a_killed_export_leaves_a_temporary_the_next_one_removes(lora_run, tmp_path):
     """SIGKILL after the files are written, before the rename: the output is
     not there, a hidden temporary is; the next export into the same place
@@ -94,6 +97,7 @@ def test_a_killed_export_leaves_a_temporary_the_next_one_removes(lora_run, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["peft"]
 
 
+@pytest.mark.backend_independent  # the atomic write, the same on every backend
 def test_an_interrupted_export_exits_130_and_leaves_nothing(lora_run, tmp_path):
     from tests.faults import run_cli_with_signal
 
@@ -105,6 +109,7 @@ def test_an_interrupted_export_exits_130_and_leaves_nothing(lora_run, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.backend_independent  # the atomic write, the same on every backend
 def test_output_paths_as_the_user_means_them(lora_run, cli, tmp_path, monkeypatch):
     """A trailing slash (as the README writes folders) and `~` name the same
     folder as without them."""

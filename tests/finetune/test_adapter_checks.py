@@ -26,6 +26,9 @@ from kerastune_lab.finetune import lora
 from kerastune_lab.finetune.lora import adapter_file, checks
 from tests.conftest import assert_one_line_error, raises_one_line
 
+# The same code on every backend: CI runs it once, on jax (setup.cfg).
+pytestmark = pytest.mark.backend_independent
+
 RANK, ALPHA = 2, 5.0
 TARGETS = ("query", "value", "feedforward_intermediate_dense")
 QUERY = "transformer_layer_0/self_attention/query"  # EinsumDense: A (16, 2), B (2, 16)
