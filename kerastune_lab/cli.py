@@ -260,7 +260,7 @@ def chat(run_dir, adapter, preset, sampler, temperature, top_k, top_p, num_beams
         try:
             click.echo(f"bot> {generator.reply(prompt)}")
         except KerastuneError as e:  # e.g. a prompt too long: say so, keep chatting
-            click.echo(f"kerastune: error: {e}", err=True)
+            click.echo(f"kerastune: error: {e.cli_message}", err=True)
 
 
 @cli.command()
@@ -421,7 +421,7 @@ def main(argv=None):
     try:
         code = cli.main(args=argv, prog_name="kerastune", standalone_mode=False)
     except KerastuneError as e:
-        click.echo(f"kerastune: error: {e}", err=True)
+        click.echo(f"kerastune: error: {e.cli_message}", err=True)
         sys.exit(getattr(e, "exit_code", 2))  # 1 for an IncompatibleVersion
     except click.exceptions.Abort:
         click.echo("kerastune: aborted", err=True)

@@ -13,12 +13,34 @@ with its traceback).
 
 import errno
 import os
+import re
 import sys
+
+# A message names what to change as the command line spells it; raised to a
+# Python caller it names the argument instead (`str(error)`), and the CLI
+# prints it as written (`error.cli_message`).
+_PYTHON_WORDS = (("--output-dir", "output_dir="), ("--overwrite", "overwrite=True"),
+                 ("--output", "output="), ("--name", "name="))
 
 
 class KerastuneError(Exception):
     """Bad input (usage, config or data): one line, exit code 2 from the CLI
-    (a subclass may set another `exit_code`)."""
+    (a subclass may set another `exit_code`).
+
+    `str(error)` speaks Python (`pass overwrite=True`), `error.cli_message`
+    the command line (`pass --overwrite`): the message is written in the
+    command line's words, and the few that name an option are mapped.
+    """
+
+    @property
+    def cli_message(self):
+        return super().__str__()
+
+    def __str__(self):
+        text = super().__str__()
+        for flag, word in _PYTHON_WORDS:
+            text = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", word, text)
+        return text
 
 
 class IncompatibleVersion(KerastuneError):
@@ -192,7 +214,9 @@ def error_line(exc, command=None, config_keys=()):
     """The one line `kerastune` prints for `exc` (without "kerastune: ")."""
     if isinstance(exc, Interrupted):
         return str(exc)
-    if isinstance(exc, (KerastuneError, DownloadFailed, RunStopped)):
+    if isinstance(exc, KerastuneError):
+        return f"error: {exc.cli_message}"
+    if isinstance(exc, (DownloadFailed, RunStopped)):
         return f"error: {exc}"
     message = resource_error_message(exc, command, config_keys)
     if message is None:

@@ -303,6 +303,10 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
         backup.phase = phase
         callbacks.append(backup)
         epoch, step = backup.start(phase, first_epoch)
+        if epoch >= epochs:  # e.g. a script run a second time: say so, not 0 epochs silently
+            log.warning("phase %r is trained already: the backup in %s is at epoch %d of "
+                        "%d, so nothing is left to train. To train again, use another "
+                        "folder or remove that one", phase, backup.directory, epoch, epochs)
     if isinstance(train, Stream):
         fit_kwargs["steps_per_epoch"] = train.steps_per_epoch
         train = train.dataset(epoch, step)
