@@ -94,14 +94,17 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
     named = path
     path, _ = shipped.resolve(path)
     module = load_recipe(path)
-    cfg = resolve_config(module, smoke, overrides)
+    # The config with and without the overrides (the run's identity holds
+    # both), --smoke's settings made once (they may generate data and say so).
+    defaults = resolve_config(module, smoke)
+    cfg = config_lib.apply_overrides(defaults, list(overrides))
     import keras
 
     from kerastune_lab import resume
 
     identity = {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),
                 "config": config_lib.to_dict(cfg),
-                "defaults": config_lib.to_dict(resolve_config(module, smoke))}
+                "defaults": config_lib.to_dict(defaults)}
     run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME), overwrite=overwrite,
                         resume=identity)
     handler = _add_log_file(run)

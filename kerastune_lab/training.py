@@ -318,5 +318,7 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
         callbacks.insert(0, tensorboard_callback(log_dir, epoch, step,
                                                  fit_kwargs.get("steps_per_epoch")))
     fit_kwargs.setdefault("verbose", fit_verbosity())
+    if hasattr(train, "element_spec"):  # a tf.data pipeline, shuffled already (a Stream's is)
+        fit_kwargs.setdefault("shuffle", False)  # else Keras warns that it ignores shuffle=True
     return model.fit(train, initial_epoch=epoch, epochs=epochs, callbacks=callbacks,
                      **fit_kwargs)

@@ -25,6 +25,10 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_writes_the_run_directory(smoke_run):
     out, result = smoke_run
     assert result.last_line == str(out)
+    # The smoke data's note once (not once per reading of the config), and
+    # no Keras warning that it ignores shuffle=True (the stream is shuffled).
+    assert result.stderr.count("broken on purpose") == 1, result.stderr
+    assert "shuffle=True" not in result.stderr, result.stderr
     for name in ("config.json", "history.csv", "metrics.json", "training_curves.png",
                  "labels.json", "FINISHED", "model/config.json", "model/task.json"):
         assert os.path.exists(out / name), name
