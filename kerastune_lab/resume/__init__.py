@@ -2,8 +2,9 @@
 
 - `backup.Backup`: the Keras callback that writes the backup and resumes
   from it, mid-epoch;
-- `snapshot`: the backup file, written and read back (weights, optimizer
-  and metrics variables, phase, epoch and step, random states);
+- `snapshot`: the backup files, written and read back (weights, optimizer
+  and metrics variables, phase, epoch and step, random states): the newest
+  and the previous copy, each checked by its SHA-256 in a manifest;
 - `signals`: SIGINT and SIGTERM held until the current batch ends
   (`handle_interrupts`).
 
@@ -17,13 +18,16 @@ from kerastune_lab.resume.snapshot import (
     BACKUP_FILE,
     FORMAT,
     FORMAT_VERSION,
+    MANIFEST_FILE,
+    PREVIOUS_FILE,
     STATE_FILE,
     WEIGHTS,
+    BackupUnreadable,
     read_state,
 )
 
 __all__ = [
-    "BACKUP_FILE", "FORMAT", "FORMAT_VERSION", "SIGNALS", "STATE_FILE", "WEIGHTS", "Backup",
-    "Interrupted", "KerastuneError", "LossNotFinite", "RunStopped", "handle_interrupts",
-    "read_state",
+    "BACKUP_FILE", "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "PREVIOUS_FILE", "SIGNALS",
+    "STATE_FILE", "WEIGHTS", "Backup", "BackupUnreadable", "Interrupted", "KerastuneError",
+    "LossNotFinite", "RunStopped", "handle_interrupts", "read_state",
 ]

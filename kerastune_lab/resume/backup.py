@@ -9,7 +9,13 @@ while writing leaves a broken backup), and saves weights through each
 layer's `save_own_variables`, which in Keras' LoRA layers merges the adapter
 into the kernel (re-quantizing an int8 one): resumed, it would train fresh
 zero adapters on a changed base. `Backup` writes a `snapshot` (one file,
-atomically) at each epoch end and every `save_every_steps` steps.
+atomically) at each epoch end and every `save_every_steps` steps, keeping
+the one before as the previous copy, each checked by its SHA-256.
+
+It resumes from the newest intact copy (`snapshot.choose`). Where the
+newest is damaged (or missing) it says so and resumes from the previous
+one; where no copy is intact, or a resumed run has none, it says it starts
+over from epoch 1, and does: never a traceback for a damaged file.
 
 It resumes mid-epoch. With a `data.stream.Stream`, whose batches are a
 function of (seed, epoch, step), `start` says where the data starts; the
@@ -95,7 +101,13 @@ class Backup(keras.callbacks.Callback):
         self.save_every_steps = save_every_steps
         self.weights = weights
         self.phase = "train"
-        self.state = snapshot.read_state(self.directory)  # what a resumed run starts from
+        found = snapshot.choose(self.directory)
+        self.state = found.state  # what a resumed run starts from (None: from the start)
+        self._found = found.path  # the file it is read from
+        # The copy kept as the previous one at the first backup: the one
+        # resumed from, or none (then `snapshot.NEWEST`: the one written last).
+        self._previous = found.entry
+        self._say_what_is_resumed(found, getattr(run, "resumed", False))
         self.saved = None  # (phase, epoch, step) of the last backup written here
         self._resume = None
         self._metrics = None
@@ -229,6 +241,33 @@ class Backup(keras.callbacks.Callback):
         _, epoch, step = saved
         return f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
 
+    @classmethod
+    def _describe_copy(cls, entry):
+        """A copy named by its manifest entry: "epoch 2, step 1 (finetune phase)"."""
+        try:
+            return (f"{cls._describe((None, int(entry['epoch']), int(entry['step'])))} "
+                    f"({entry['phase']} phase)")
+        except (KeyError, TypeError, ValueError):
+            return entry.get("file", "?")
+
+    def _say_what_is_resumed(self, found, resumed):
+        """Logs a line where the run does not resume from its newest backup:
+        a damaged one passed over, or none to resume from."""
+        def copy(skipped):
+            return (f"backup of {self._describe_copy(skipped.entry)}" if skipped.entry
+                    else f"backup {skipped.file}")
+
+        if found.path is not None:
+            for skipped in found.skipped:
+                log.warning("%s is damaged (%s): resuming from the previous backup, of %s",
+                            copy(skipped), skipped.why, self._describe_copy(found.entry))
+        elif found.skipped:
+            log.warning("no usable backup in %s (%s): starting over from epoch 1",
+                        self.directory, "; ".join(f"{copy(s)}: {s.why}" for s in found.skipped))
+        elif resumed:
+            log.warning("no backup in %s (none was written before the run stopped, or it was "
+                        "deleted): starting over from epoch 1", self.directory)
+
     def _save(self, epoch, step):
         if step:
             self._wait_checked(step)
@@ -239,12 +278,14 @@ class Backup(keras.callbacks.Callback):
         try:
             snapshot.write(self.directory, info, snapshot.model_variables(model, self.weights),
                            optimizer=model.optimizer.variables if model.optimizer else (),
-                           metrics=model.metrics_variables if step else ())
+                           metrics=model.metrics_variables if step else (),
+                           previous=self._previous)
         except snapshot.NotFinite as e:
             signals.set_training(None)
             raise LossNotFinite(
                 f"{e} at epoch {self._epoch + 1}, step {step or self.params.get('steps')} "
                 f"({self.phase} phase): training stopped; {self._kept()}") from None
+        self._previous = snapshot.NEWEST  # the one just written, at the next backup
         self.saved = (self.phase, epoch, step)
 
     def _restore_metrics(self):
@@ -263,7 +304,7 @@ class Backup(keras.callbacks.Callback):
         restored = snapshot.restore(
             self.directory, snapshot.model_variables(model, self.weights),
             optimizer.variables if optimizer is not None else None,
-            steps_per_epoch=self.params.get("steps"))
+            steps_per_epoch=self.params.get("steps"), path=self._found)
         # torch's generators are put back at the first batch: the torch
         # backend's data loader draws from them when fit starts iterating.
         self._metrics, self._torch_rng = restored.metrics, restored.torch_rng

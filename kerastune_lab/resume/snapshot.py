@@ -1,12 +1,32 @@
-"""The backup file: a training snapshot written and read back, without `fit`.
+"""The backup files: a training snapshot written and read back, without `fit`.
 
     snapshot.write(directory, {"phase": "train", "epoch": 1, "step": 2, ...},
                    model=model_variables(model), optimizer=model.optimizer.variables)
-    restored = snapshot.restore(directory, model_variables(model), model.optimizer.variables)
+    found = snapshot.choose(directory)          # the newest backup that is intact
+    restored = snapshot.restore(directory, model_variables(model),
+                                model.optimizer.variables, path=found.path)
 
-One file, `latest.npz` (numpy's zip of arrays), written atomically
-(`runs.atomic_path`), then a readable copy of its state in `state.json`. It
-holds:
+Two copies, so that a damaged file never loses the run:
+
+- `latest.npz` (numpy's zip of arrays): the newest backup;
+- `previous.npz`: the one before it, kept when the newest is written (the
+  old `latest.npz` renamed);
+- `manifest.json`, written after them: each copy's file, size and SHA-256
+  (which covers every byte of the file, where the zip's own CRC-32 leaves
+  its headers out), phase, epoch and step, newest first, with a SHA-256 of
+  that list (a damaged manifest is not trusted);
+- `state.json`, written last: a readable copy of the newest one's state.
+
+A backup is written to a temporary name, flushed to the disk and checksummed,
+then `latest.npz` becomes `previous.npz` and the temporary becomes
+`latest.npz` (`os.replace`), then the manifest is replaced. A crash at any
+point leaves a copy whose checksum the manifest records: `choose` matches a
+copy by its checksum, under either name. It takes the newest recorded copy
+that is intact and says which it skipped and why (missing, empty, another
+size, a checksum that does not match). A run from before the manifest (one
+`latest.npz`) is read whole instead: zip's CRC-32 checks each array.
+
+Each `.npz` holds:
 
 - the model's variables: all of them, or for `weights="trainable"` only the
   trainable ones and the seed states (`model_variables`), read directly,
@@ -22,7 +42,7 @@ holds:
 Variables are matched back by count and shape (auto-made names such as
 "adam_2" may differ between processes). `keras.callbacks.BackupAndRestore`
 saves weights and optimizer only, in place, through `save_own_variables`:
-hence this file.
+hence these files.
 """
 
 import collections
@@ -30,25 +50,41 @@ import datetime
 import json
 import os
 import random
-import zipfile
 
 import keras
 import numpy as np
 
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.resume.copies import (  # noqa: F401  (part of this module's API)
+    _FILES,
+    _READ_ERRORS,
+    BACKUP_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    PREVIOUS_FILE,
+    BackupUnreadable,
+    Found,
+    Skipped,
+    _digest_of,
+    _error,
+    _fsync_directory,
+    _newest,
+    _read_whole,
+    _sha256,
+    choose,
+    read_state,
+)
 from kerastune_lab.runs import atomic_path, write_json
 
-BACKUP_FILE = "latest.npz"  # arrays and their state, one file
-STATE_FILE = "state.json"  # a readable copy of the state, written after BACKUP_FILE
-FORMAT = "kerastune_backup"
-FORMAT_VERSION = 1
+STATE_FILE = "state.json"  # a readable copy of the newest state, written last
 WEIGHTS = ("all", "trainable")
+NEWEST = "newest"  # `write(previous=)`: keep the newest copy the manifest records
 
 # What `restore` gives back to put in place later: the state read, the
 # metrics' ([path, shape] list, values) or None, torch's generator states
 # ({} off torch).
 Restored = collections.namedtuple("Restored", ["state", "metrics", "torch_rng"])
-
 
 class NotFinite(ValueError):
     """A float variable to write holds NaN or infinity: nothing was written."""
@@ -69,25 +105,9 @@ def model_variables(model, weights="all"):
     return list(model.trainable_variables) + seeds
 
 
-def read_state(directory):
-    """The state of the backup in `directory` (a dict), or None without one."""
-    path = os.path.join(os.fspath(directory), BACKUP_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            state = json.loads(str(f["state"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise KerastuneError(f"backup {path!r} cannot be read ({type(e).__name__}): pass "
-                             "--overwrite to start the run again") from None
-    if state.get("format") != FORMAT or state.get("version") != FORMAT_VERSION:
-        raise KerastuneError(f"backup {path!r} is not a kerastune backup of version "
-                             f"{FORMAT_VERSION}: pass --overwrite to start the run again")
-    return state
-
-
-def write(directory, info, model, optimizer=(), metrics=()):
-    """Writes a snapshot into `directory` (made if missing), atomically.
+def write(directory, info, model, optimizer=(), metrics=(), previous=NEWEST):
+    """Writes a snapshot into `directory` (made if missing) as its newest
+    copy, keeping the one before as the previous copy (module docstring).
 
     Args:
         directory: str. The backup folder.
@@ -96,6 +116,10 @@ def write(directory, info, model, optimizer=(), metrics=()):
         model: list of Variable. The model's (`model_variables`).
         optimizer: list of Variable. The optimizer's. Defaults to none.
         metrics: list of Variable. The metrics'. Defaults to none.
+        previous: the copy to keep as the previous one: its manifest entry
+            (`Found.entry`, checked when it was chosen), None to keep none
+            (any other copy is removed), or `NEWEST`: the newest copy the
+            manifest records. Defaults to `NEWEST`.
 
     Returns:
         dict: the state written (as `read_state` reads it).
@@ -127,18 +151,39 @@ def write(directory, info, model, optimizer=(), metrics=()):
         "rng": rng,
     }
     arrays["state"] = np.asarray(json.dumps(state))
+    directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    with atomic_path(os.path.join(directory, BACKUP_FILE)) as tmp:
+    if isinstance(previous, str):
+        previous = _newest(directory)
+    latest, kept = (os.path.join(directory, name) for name in _FILES)
+    with atomic_path(latest) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        entry = {"file": BACKUP_FILE, "sha256": _sha256(tmp), "size": os.path.getsize(tmp),
+                 **{k: state.get(k) for k in ("phase", "epoch", "step")}}
+        if previous is not None and previous["file"] == BACKUP_FILE:
+            if os.path.isfile(latest):
+                os.replace(latest, kept)  # the newest copy becomes the previous one
+                previous = dict(previous, file=PREVIOUS_FILE)
+            else:
+                previous = None
+        if previous is None and os.path.lexists(kept):
+            os.remove(kept)  # a copy no manifest will record (damaged, or of a run started over)
+    # The manifest is written after the copies it names are in place.
+    _fsync_directory(directory)
+    backups = [entry] + ([previous] if previous is not None else [])
+    write_json(os.path.join(directory, MANIFEST_FILE),
+               {"format": FORMAT, "version": FORMAT_VERSION, "backups": backups,
+                "sha256": _digest_of(backups)})
     write_json(os.path.join(directory, STATE_FILE), {k: v for k, v in state.items() if k != "rng"})
     return state
 
 
-def restore(directory, model, optimizer=None, steps_per_epoch=None):
-    """Puts the snapshot in `directory` back.
+def restore(directory, model, optimizer=None, steps_per_epoch=None, path=None):
+    """Puts the snapshot in `directory` back: the file at `path` (as
+    `choose` found it), or the newest intact copy.
 
     Assigns `model`'s and `optimizer`'s variables (checked against the
     snapshot's by count and shape) and puts back Python's, numpy's and
@@ -152,11 +197,30 @@ def restore(directory, model, optimizer=None, steps_per_epoch=None):
         optimizer: list of Variable or None. The optimizer's, built.
         steps_per_epoch: int or None. Refuses a snapshot of another number
             of steps an epoch. Defaults to None: not checked.
+        path: str or None. The file to read (`Found.path`). Defaults to
+            None: the one `choose` finds.
 
     Returns:
         Restored(state, metrics, torch_rng).
+
+    Raises:
+        BackupUnreadable: no intact copy, or the file cannot be read.
+        KerastuneError: the snapshot is of another model or epoch length.
     """
-    path = os.path.join(os.fspath(directory), BACKUP_FILE)
+    if path is None:
+        found = choose(directory)
+        if found.path is None:
+            read_state(directory)  # raises, naming what is wrong, if there were copies
+            raise BackupUnreadable(f"no backup in {os.fspath(directory)!r}")
+        path = found.path
+    try:
+        return _restore(path, model, optimizer, steps_per_epoch)
+    except _READ_ERRORS as e:
+        raise BackupUnreadable(f"backup {path!r} cannot be read ({_error(e)}): pass "
+                               "--overwrite to start the run again", _error(e)) from None
+
+
+def _restore(path, model, optimizer, steps_per_epoch):
     with np.load(path, allow_pickle=False) as f:
         state = json.loads(str(f["state"]))
         if steps_per_epoch and state["steps_per_epoch"] and (
