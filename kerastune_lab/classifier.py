@@ -12,8 +12,9 @@ backend whatever the backend the run trained on.
 
 import numpy as np
 
+from kerastune_lab import run_files
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.runs import RunDir
+from kerastune_lab.text_checks import check_text
 
 
 class TextClassifierPipeline:
@@ -64,7 +65,7 @@ class TextClassifierPipeline:
 
 def _as_texts(texts):
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
     texts = list(texts)
     bad = [t for t in texts if not isinstance(t, str)]
     if bad:
@@ -72,6 +73,8 @@ def _as_texts(texts):
             f"classifier input: expected a string or a list of strings, received "
             f"{type(bad[0]).__name__} {bad[0]!r}"
         )
+    for n, text in enumerate(texts, start=1):
+        check_text(text, f"classifier input {n}")
     return texts
 
 
@@ -86,18 +89,17 @@ def load_classifier(run_dir, batch_size=32):
         TextClassifierPipeline: `classifier(text_or_texts)` returns
         `[{'label': ..., 'score': ...}]`, one entry per text.
     """
+    run = run_files.check_run(run_dir)
+    if "sequence_length" not in run_files.run_config(run.path):
+        raise KerastuneError(f"run dir {run.path!r} is not a text-classification run")
+    try:
+        class_names = run_files.class_names(run.path)
+    except FileNotFoundError:
+        raise KerastuneError(f"run dir {run.path!r} holds no labels.json: was the run finished?")
     import keras_hub
 
     from kerastune_lab.models import load_run_model
 
-    run = RunDir.open(run_dir)
-    config = run.read_json("config.json").get("config", {})
-    if "sequence_length" not in config:
-        raise KerastuneError(f"run dir {run.path!r} is not a text-classification run")
-    try:
-        class_names = run.read_json("labels.json")
-    except FileNotFoundError:
-        raise KerastuneError(f"run dir {run.path!r} holds no labels.json: was the run finished?")
     # For inference: uncompiled, so the saved optimizer state has nowhere to go
     # (and no "Skipping variable loading for optimizer" warning).
     model = load_run_model(run, keras_hub.models.TextClassifier, compile=False)

@@ -31,6 +31,7 @@ import sys
 import click
 
 from kerastune_lab import backend as backend_lib
+from kerastune_lab import run_files, text_checks
 from kerastune_lab.errors import (
     DownloadFailed,
     Interrupted,
@@ -38,6 +39,7 @@ from kerastune_lab.errors import (
     RunStopped,
     resource_error_message,
 )
+from kerastune_lab.recipe_file import config_keys as _recipe_config_keys
 
 BACKEND_OPTION = click.option(
     "--backend", "-b", default=None, metavar="{jax,tensorflow,torch}",
@@ -186,6 +188,8 @@ def predict(run_dir, images, texts, backend):
             f"predict {run_dir}: give image files or --text, not both" if images else
             f"predict {run_dir}: nothing to predict: give image files or --text TEXT "
             "(kerastune predict RUN_DIR IMAGE ...)")
+    text_checks.check_texts(texts)  # what Keras would fail on, before it loads
+    run_files.check_run(run_dir)
     _select(backend)
     if texts:
         import json
@@ -235,6 +239,7 @@ def chat(run_dir, adapter, preset, sampler, temperature, top_k, top_p, num_beams
     if (run_dir is None) == (adapter is None):
         raise click.UsageError("give RUN_DIR or --adapter FILE, not both" if adapter
                                else "give RUN_DIR or --adapter FILE")
+    run_files.check_run(run_dir)  # its files, before Keras loads; None with --adapter
     _select(backend)
     from kerastune_lab.generate import load_chat_generator
 
@@ -243,22 +248,21 @@ def chat(run_dir, adapter, preset, sampler, temperature, top_k, top_p, num_beams
                                     temperature=temperature, top_k=top_k, top_p=top_p,
                                     num_beams=num_beams, seed=seed)
     if not sys.stdin.isatty():
-        for line in sys.stdin:
-            prompt = line.strip()
+        for _, prompt in text_checks.stdin_lines(sys.stdin):
             click.echo(" ".join(generator.reply(prompt).split()) if prompt else "")
             sys.stdout.flush()
         return
     click.echo(f"Chatting with the model in {run_dir or adapter}. Ctrl-D ends.", err=True)
     while True:
         try:
-            prompt = input("you> ").strip()
+            prompt = text_checks.read_prompt("you> ")
         except EOFError:
             click.echo("", err=True)
             return
         if not prompt:
             continue
         try:
-            click.echo(f"bot> {generator.reply(prompt)}")
+            click.echo(f"bot> {generator.reply(text_checks.check_text(prompt, 'prompt'))}")
         except KerastuneError as e:  # e.g. a prompt too long: say so, keep chatting
             click.echo(f"kerastune: error: {e.cli_message}", err=True)
 
@@ -310,6 +314,7 @@ def merge(run_dir, output, preset, backend):
 def export(run_dir, fmt, output, with_base, preset, backend):
     """Write the model of RUN_DIR where other tools read it: a transformers
     folder, a peft adapter, a .keras file or a serving export."""
+    run_files.check_run(run_dir)
     _select(backend)
     from kerastune_lab.export import export_run
 
@@ -327,7 +332,7 @@ def export(run_dir, fmt, output, with_base, preset, backend):
               help="Class of the curves and threshold. Defaults to the run's.")
 @click.option("--target-recall", default=None, type=float,
               help="Recall of the positive class to pick a threshold for. Defaults to the run's.")
-@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @BACKEND_OPTION
 def evaluate(run_dir, data, name, overwrite, positive_class, target_recall, batch_size,
              backend):
@@ -337,6 +342,7 @@ def evaluate(run_dir, data, name, overwrite, positive_class, target_recall, batc
     precision-recall curves, threshold, metrics.json and report.md into
     RUN_DIR/eval-NAME/ and prints that folder.
     """
+    run_files.check_run(run_dir)
     _select(backend)
     from kerastune_lab.predict import evaluate_image_folder
 
@@ -400,16 +406,6 @@ def _command(argv):
     command = words[0] if words else None
     recipes = [w for w in words[1:] if "=" not in w] if command == "run" else []
     return command, (recipes[0] if recipes else None)
-
-
-def _recipe_config_keys(recipe):
-    """The field names of a recipe's `Config`, read without running the file."""
-    from kerastune_lab import recipe_file, shipped
-
-    try:
-        return tuple(recipe_file.read(shipped.resolve(recipe)[0]).fields)
-    except KerastuneError:
-        return ()
 
 
 def main(argv=None):

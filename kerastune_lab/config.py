@@ -79,7 +79,7 @@ def check_range(key, value, field):
     if isinstance(value, str) and choices is not None:
         ok = value in choices
     if not ok:
-        raise KerastuneError(f"{key}={value!r}: expected {expected_range(field)}")
+        raise KerastuneError(f"{key}={_shown(repr(value))}: expected {expected_range(field)}")
 
 
 def validate(config):
@@ -127,8 +127,8 @@ def coerce(key, text, annotation):
     lowered = text.strip().lower()
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
+        value = text  # RecursionError: nested past the parser's limit ("-----...1")
     if bool in allowed and lowered in _TRUE | _FALSE:
         return lowered in _TRUE
     if type(None) in allowed and lowered in {"none", "null"}:
@@ -159,9 +159,14 @@ def coerce(key, text, annotation):
     if str in allowed:
         return text
     raise KerastuneError(
-        f"override {key}={text}: expected {_type_name(annotation)}, "
-        f"received {type(value).__name__} {value!r}"
+        f"override {key}={_shown(text)}: expected {_type_name(annotation)}, "
+        f"received {type(value).__name__} {_shown(repr(value))}"
     )
+
+
+def _shown(text, most=80):
+    """`text` cut to `most` characters for a message (a value may be huge)."""
+    return text if len(text) <= most else f"{text[:most - 15]}... ({len(text)} characters)"
 
 
 def parse_override(item):

@@ -52,9 +52,19 @@ class IncompatibleVersion(KerastuneError):
     exit_code = 1
 
 
+class NotWritable(KerastuneError):
+    """A folder the toolkit must write outside the run cannot be written (a
+    cache under an unwritable HOME): one line naming it and the variable
+    that moves it; exit code 1 (the machine, not the input)."""
+
+    exit_code = 1
+
+
 # OSError numbers that mean "this disk cannot take the file": full, over
-# quota, read-only.
-DISK_ERRNOS = {errno.ENOSPC, errno.EROFS} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+# quota, read-only, or the file over the size limit (`ulimit -f`, or the
+# largest file the file system takes).
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG} | (
+    {errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 
 # What to change when a model does not fit in device memory, per command;
 # for `run`, the recipe's config keys that exist are named.
@@ -151,12 +161,34 @@ def resource_error_message(exc, command=None, config_keys=()):
         return (f"out of memory ({kind}); try {memory_hints(command, config_keys)}")
     disk = disk_error(exc)
     if disk is not None:
-        where = disk.filename or "the output folder"
+        # A copy's error names the source first, the file written second.
+        where = getattr(disk, "filename2", None) or disk.filename
+        where = (repr(os.fspath(where)) if where else
+                 "a file" if disk.errno == errno.EFBIG else "the output folder")
         what = os.strerror(disk.errno)
+        if disk.errno == errno.EFBIG:
+            return f"cannot write {where}: {what}, {file_size_limit()}"
         fix = ("free some space or choose another --output-dir" if disk.errno != errno.EROFS
                else "choose a writable --output-dir")
-        return f"cannot write {os.fspath(where)!r}: {what}; {fix}"
+        return f"cannot write {where}: {what}; {fix}"
     return None
+
+
+def file_size_limit():
+    """Why a file could not grow (EFBIG), and what to do, in words: this
+    process's file size limit (`ulimit -f`), else the file system's."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        unlimited = soft == resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):  # no such limit here (Windows)
+        soft, unlimited = None, True
+    if unlimited:
+        return ("over the largest file its file system takes; write to a disk whose file "
+                "system takes larger files")
+    return (f"over this process's file size limit of {soft} bytes, `ulimit -f`; raise it "
+            "(`ulimit -f unlimited`) and run again")
 
 
 class DownloadFailed(Exception):

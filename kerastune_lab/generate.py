@@ -169,22 +169,22 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
 
     import keras_hub
 
+    from kerastune_lab import run_files
     from kerastune_lab.data.chat_template import EOS_TEMPLATE
     from kerastune_lab.models import load_run_model
-    from kerastune_lab.runs import RunDir
 
     if (run_dir is None) == (adapter is None):
         raise KerastuneError("chat: expected a run dir or an adapter file, not both"
                              if adapter else "chat: expected a run dir or an adapter file")
     settings, dtype = None, None
     if run_dir is not None:
-        run = RunDir.open(run_dir)
+        run = run_files.check_run(run_dir)
         if not os.path.exists(run.file(CHAT_FILE)):
             raise KerastuneError(
                 f"run dir {run_dir!r} has no {CHAT_FILE}: not a chat run (expected a run of a "
                 "chat recipe such as sarcastic_chat)")
-        settings = run.read_json(CHAT_FILE)
-        dtype = run.read_json("config.json").get("config", {}).get("dtype")
+        settings = run_files.chat_settings(run.path)
+        dtype = run_files.run_config(run.path).get("dtype")
         if not os.path.isdir(run.file("model")) and os.path.exists(run.file(ADAPTER_FILE)):
             adapter = run.file(ADAPTER_FILE)
         elif preset is not None:

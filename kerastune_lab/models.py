@@ -17,6 +17,7 @@ Lambda layer, and its weights must be in a format that cannot run code
 import contextlib
 import json
 import os
+import re
 
 from kerastune_lab.config import closest
 from kerastune_lab.errors import KerastuneError
@@ -96,6 +97,51 @@ def check_preset_folder(path, what="preset folder"):
             f"{what} {path!r} holds weights only in {', '.join(unsafe[:3])}, a format that "
             "can run code when loaded: refused (expected model.weights.h5 from "
             "save_to_preset, or model.safetensors)")
+
+
+def _damaged_weights(run_path, name, why):
+    return KerastuneError(f"run dir {run_path!r}: {name} is damaged ({why}): expected the "
+                          "weights the run saved (an HDF5 file written by save_to_preset); "
+                          "re-run the recipe or restore the file")
+
+
+def _hdf5_problem(error):
+    """What h5py's error says of a file, in a few words."""
+    text = str(error)
+    cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
+    if cut:
+        return f"cut short: {cut.group(1)} of {cut.group(2)} bytes"
+    if "signature not found" in text:
+        return "not an HDF5 file"
+    inner = re.search(r"\(([^()]*)\)", text)
+    return (inner.group(1) if inner else text.splitlines()[0] if text else
+            type(error).__name__)[:120]
+
+
+def check_weights(run_path, folder="model"):
+    """Opens each HDF5 weights file of a run's model folder (h5py, no Keras):
+    one cut short, empty or holding something else is one line naming it.
+    (Bytes overwritten inside a whole file are not seen: nothing records a
+    checksum of the weights.)"""
+    model = os.path.join(run_path, folder)
+    if not os.path.isdir(model):
+        return
+    import h5py
+
+    for name in sorted(os.listdir(model)):
+        if not name.lower().endswith((".h5", ".hdf5")):
+            continue
+        path = os.path.join(model, name)
+        if os.path.isdir(path) or os.path.getsize(path) == 0:
+            raise _damaged_weights(run_path, f"{folder}/{name}",
+                                   "a folder" if os.path.isdir(path) else "empty")
+        try:
+            with h5py.File(path, "r") as f:
+                empty = not len(f.keys())
+        except OSError as e:
+            raise _damaged_weights(run_path, f"{folder}/{name}", _hdf5_problem(e)) from None
+        if empty:
+            raise _damaged_weights(run_path, f"{folder}/{name}", "an HDF5 file holding nothing")
 
 
 @contextlib.contextmanager
@@ -209,14 +255,67 @@ def load_run_model(run, task_cls, **kwargs):
         raise KerastuneError(f"run dir {run.path!r}: model/ has no config.json: expected a "
                              "model saved by the run (save_to_preset)")
     check_preset_folder(path, "run model")
+    check_weights(run.path)
     if "dtype" not in kwargs:
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            dtype = json.load(f).get("config", {}).get("dtype")
+            config = json.load(f)
+        dtype = config.get("config", {}).get("dtype") if isinstance(config, dict) else None
         name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
         if str(name).startswith("mixed_"):
             kwargs["dtype"] = "float32"
-    with safe_loading():
-        return task_cls.from_preset(path, **kwargs)
+    try:
+        with safe_loading():
+            return task_cls.from_preset(path, **kwargs)
+    except (ValueError, KeyError, OSError) as e:
+        # Weights that are not the model's (an HDF5 file of another model,
+        # layers missing), a config that does not build it: the folder, not
+        # the command, is at fault. A disk or permission error (an OSError
+        # with an errno) is the machine's.
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise KerastuneError(
+            f"run dir {run.path!r}: model/ cannot be loaded ({type(e).__name__}: {first}): "
+            "expected the model the run saved (save_to_preset); re-run the recipe or restore "
+            "the folder") from None
+
+
+def preset_max_sequence_length(preset):
+    """The longest sequence the backbone of `preset` (resolved:
+    `resolve_preset`) takes, read from its config alone (nothing built, no
+    weights): `max_sequence_length` of a KerasHub preset's config.json; None
+    where the config names no limit (rotary position embeddings, a
+    converted Hugging Face checkpoint) or cannot be read here."""
+    from kerastune_lab import compat
+
+    try:
+        loader = compat.preset_loader(preset)
+        config = loader.config.get("config", {}) if compat.is_keras_preset_loader(loader) else {}
+    except Exception:  # the load itself says what is wrong, in its own words
+        return None
+    longest = config.get("max_sequence_length") if isinstance(config, dict) else None
+    return longest if isinstance(longest, int) and not isinstance(longest, bool) else None
+
+
+def check_sequence_length(sequence_length, preset, shown=None, model=None):
+    """Raises a one-line `KerastuneError` when `sequence_length` is longer
+    than the preset's backbone takes: checked from the preset's config
+    before its weights load (`preset_max_sequence_length`), or, given the
+    loaded `model`, from its backbone (for presets whose config does not
+    say).
+
+    Args:
+        sequence_length: int. The recipe's `sequence_length`.
+        preset: str. The preset, resolved (`resolve_preset`).
+        shown: str or None. The preset as the user named it, for the message.
+        model: a loaded KerasHub task, or None.
+    """
+    longest = (getattr(model.backbone, "max_sequence_length", None) if model is not None
+               else preset_max_sequence_length(preset))
+    if isinstance(longest, int) and sequence_length > longest:
+        raise KerastuneError(
+            f"sequence_length={sequence_length}: expected at most {longest} tokens, the "
+            f"longest sequence preset {shown or preset!r} takes (its max_sequence_length)")
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from kerastune_lab import run_files
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.runs import RunDir
 
@@ -30,6 +31,16 @@ def decide(probs, class_names, threshold=None):
                     others.argmax(axis=-1))
 
 
+def open_image_run(run_dir):
+    """(RunDir, image_size, class names) of a finished image-classification
+    run, its files checked (`run_files`) before anything loads."""
+    run = run_files.check_run(run_dir)
+    config = run_files.run_config(run.path)
+    if "image_size" not in config or not os.path.exists(run.file("labels.json")):
+        raise KerastuneError(f"run dir {run_dir!r} is not an image-classification run")
+    return run, run_files.image_size(run.path, config), run_files.class_names(run.path)
+
+
 def predict_images(run_dir, paths, batch_size=32):
     """Returns [(path, label, probability of that label)] for image files.
 
@@ -41,25 +52,21 @@ def predict_images(run_dir, paths, batch_size=32):
         run_dir: str. A finished image-classification run.
         paths: list of str. Image files (JPEG, PNG, BMP, GIF).
     """
+    run, size, class_names = open_image_run(run_dir)
     import keras_hub
 
     from kerastune_lab.data.images import load_images
     from kerastune_lab.evaluate.classification import saved_threshold
     from kerastune_lab.models import load_run_model
 
-    run = RunDir.open(run_dir)
-    config = run.read_json("config.json")["config"]
-    if "image_size" not in config:
-        raise KerastuneError(f"run dir {run_dir!r} is not an image-classification run")
-    class_names = run.read_json("labels.json")
-    images = load_images(paths, config["image_size"])  # bad files fail before loading
+    images = load_images(paths, size)  # bad files fail before loading
     # For inference: uncompiled, so no optimizer to load the saved state into.
     model = load_run_model(run, keras_hub.models.ImageClassifier, compile=False)
     probs = _softmax(np.asarray(model.predict(images, batch_size=batch_size, verbose=0),
                                 dtype="float64"))
     threshold = None
     if os.path.exists(run.file("threshold.json")):
-        threshold = saved_threshold(run.read_json("threshold.json"))
+        threshold = saved_threshold(run_files.threshold(run.path, class_names))
         logging.getLogger("kerastune_lab").info(
             "decision threshold %.4f on P(%s), from threshold.json (chosen on the %s split "
             "for recall %s): %s when its probability reaches it", threshold["threshold"],
@@ -109,17 +116,16 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
     import datetime
     import os
 
+    if not (isinstance(batch_size, int) and batch_size >= 1) or isinstance(batch_size, bool):
+        raise KerastuneError(f"batch_size={batch_size!r}: expected a whole number, 1 or more")
+    run, size, class_names = open_image_run(run_dir)
+    config = run_files.run_config(run.path)
     import keras_hub
 
     from kerastune_lab.data.images import files_dataset, pipeline, scan_image_folder
     from kerastune_lab.evaluate import evaluate_classifier, write_report
     from kerastune_lab.models import load_run_model
 
-    run = RunDir.open(run_dir)
-    config = run.read_json("config.json").get("config", {})
-    if "image_size" not in config or not os.path.exists(run.file("labels.json")):
-        raise KerastuneError(f"run dir {run_dir!r} is not an image-classification run")
-    class_names = run.read_json("labels.json")
     data = os.path.expanduser(os.fspath(data))
     paths, labels, folder_classes, skipped = scan_image_folder(data, require_all_classes=False)
     unknown = [c for c in folder_classes if c not in class_names]
@@ -143,7 +149,7 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
     # this data; a --target-recall of the command's own chooses one on it.
     threshold = None
     if target_recall is None and os.path.exists(run.file("threshold.json")):
-        threshold = saved_threshold(run.read_json("threshold.json"))
+        threshold = saved_threshold(run_files.threshold(run.path, class_names))
         if positive_class is not None and threshold["positive_class"] != positive_class:
             threshold = None
         else:
@@ -154,7 +160,7 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
 
     # For inference: uncompiled, so no optimizer to load the saved state into.
     model = load_run_model(run, keras_hub.models.ImageClassifier, compile=False)
-    dataset = pipeline(files_dataset(paths, labels, config["image_size"]), batch_size)
+    dataset = pipeline(files_dataset(paths, labels, size), batch_size)
     y_true, probs = predict_dataset(model, dataset)
     out = RunDir.create(out_path, overwrite=overwrite)
     try:

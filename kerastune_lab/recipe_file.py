@@ -216,6 +216,17 @@ def read(path):
                       ast.get_docstring(tree) or "", fields, has_smoke)
 
 
+def config_keys(recipe):
+    """The field names of a recipe's `Config` (a shipped name or a file),
+    read without running it; () when it cannot be read."""
+    from kerastune_lab import shipped
+
+    try:
+        return tuple(read(shipped.resolve(recipe)[0]).fields)
+    except KerastuneError:
+        return ()
+
+
 def _data_path(text):
     """The local path a `data=` value names, or None (a TFDS name, a handle)."""
     if not isinstance(text, str) or not text or text.startswith("tfds:") or "://" in text:
@@ -295,4 +306,4 @@ def help_text(recipe):
 
 
 __all__ = ["Field", "RecipeFile", "UNKNOWN", "check_output_dir", "check_overrides",
-           "help_text", "precheck", "read"]
+           "config_keys", "help_text", "precheck", "read"]

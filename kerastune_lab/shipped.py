@@ -114,8 +114,13 @@ def copy(name, dest=None):
         raise KerastuneError(f"{dest!r}: expected a file name ending in .py (kerastune run "
                              "reads recipe files by that ending)")
     tmp = dest + ".partial"
-    shutil.copyfile(os.path.join(recipes_dir(), name + ".py"), tmp)
-    os.replace(tmp, dest)
+    try:
+        shutil.copyfile(os.path.join(recipes_dir(), name + ".py"), tmp)
+        os.replace(tmp, dest)
+    except BaseException:  # a full disk, a file size limit: no half-written copy left
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
     return dest
 
 

@@ -10,6 +10,7 @@ and small datasets written on disk in the real layouts.
     model = keras_hub.models.ImageClassifier.from_preset(path, num_classes=2)
 """
 
+import errno
 import io
 import os
 
@@ -40,11 +41,26 @@ CHAT_MARKERS = ("<|user|>", "<|assistant|>")
 
 
 def cache_dir(*parts):
-    """Returns (and makes) `$KERASTUNE_CACHE/...` (default ~/.cache/kerastune_lab)."""
+    """Returns (and makes) `$KERASTUNE_CACHE/...` (default ~/.cache/kerastune_lab).
+
+    A folder that cannot be made or written (an unwritable HOME) is one line,
+    exit code 1 (`errors.NotWritable`), naming KERASTUNE_CACHE to move it.
+    """
+    from kerastune_lab.errors import NotWritable
+
     root = os.environ.get("KERASTUNE_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "kerastune_lab")
     path = os.path.join(root, *parts)
-    os.makedirs(path, exist_ok=True)
+    where = ("KERASTUNE_CACHE" if os.environ.get("KERASTUNE_CACHE")
+             else f"HOME={os.path.expanduser('~')!r}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        why = None if os.access(path, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+    except OSError as e:
+        why = e.strerror or str(e)
+    if why:
+        raise NotWritable(f"cache folder {path!r} cannot be written ({why}; it is under "
+                          f"{where}): set KERASTUNE_CACHE to a writable folder")
     return path
 
 

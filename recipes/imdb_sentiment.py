@@ -32,7 +32,7 @@ from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune.two_phase import compile_classifier
-from kerastune_lab.models import load_task, resolve_preset
+from kerastune_lab.models import check_sequence_length, load_task, resolve_preset
 from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, fit_resumable
 
@@ -101,6 +101,8 @@ def _main(config, run):
     # Preset first: an unknown name, a gated model or no network fails here,
     # before any dataset download.
     preset = resolve_preset(config.preset, keras_hub.models.TextClassifier)
+    # The preset's longest sequence, from its config, before data or weights load.
+    check_sequence_length(config.sequence_length, preset, config.preset)
 
     # Data: labelled texts, split into train / validation / test.
     data = text.load_text_data(
@@ -117,10 +119,7 @@ def _main(config, run):
     model = load_task(keras_hub.models.TextClassifier, preset,
                       num_classes=len(class_names), preprocessor=preprocessor,
                       load_weights=config.load_weights)
-    longest = getattr(model.backbone, "max_sequence_length", None)
-    if longest and config.sequence_length > longest:
-        raise KerastuneError(f"sequence_length={config.sequence_length}: the preset "
-                             f"{config.preset!r} takes at most {longest} tokens")
+    check_sequence_length(config.sequence_length, preset, config.preset, model=model)
     truncated = {"train": text.count_truncated(data.train_texts, preprocessor),
                  "test": text.count_truncated(data.test_texts, preprocessor)}
     log.info("truncated to %d tokens: %d of %d training texts, %d of %d test texts",

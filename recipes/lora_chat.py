@@ -65,7 +65,7 @@ from kerastune_lab.generate import (
     chat_settings,
     make_sampler,
 )
-from kerastune_lab.models import resolve_preset
+from kerastune_lab.models import check_sequence_length, resolve_preset
 from kerastune_lab.resume import Backup
 from kerastune_lab.shipped import data_file  # the chat pairs that ship with the package
 from kerastune_lab.training import HistoryWriter
@@ -145,6 +145,7 @@ def main(config, run):
     conversations, heldout_conversations = chat.read_conversations(
         config.data, config.heldout_data, config.max_examples)
     preset = resolve_preset(config.preset, keras_hub.models.CausalLM)
+    check_sequence_length(config.sequence_length, preset, config.preset)  # before the weights
     if os.path.isdir(preset):
         preset = os.path.abspath(preset)  # recorded in the adapter for `kerastune chat`
 
@@ -166,6 +167,7 @@ def main(config, run):
                                    dtype=config.dtype)
             lora.enable_lora(model, config.lora_rank, config.lora_alpha,
                              lora_targets(config.lora_targets))
+        check_sequence_length(config.sequence_length, preset, config.preset, model=model)
         counts = lora.parameter_counts(model)
         log.info("LoRA rank %d on %s: %d trainable of %d weights (%.4f%%), %s base",
                  config.lora_rank, config.lora_targets, counts["trainable"], counts["total"],

@@ -29,7 +29,7 @@ from kerastune_lab.data import chat
 from kerastune_lab.evaluate import REPORT_PROMPTS, chat_metrics, chat_report, perplexity
 from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
 from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
-from kerastune_lab.models import load_task
+from kerastune_lab.models import check_sequence_length, from_preset, resolve_preset
 from kerastune_lab.resume import Backup
 from kerastune_lab.shipped import data_file  # the chat pairs that ship with the package
 from kerastune_lab.training import HistoryWriter
@@ -87,7 +87,10 @@ def main(config, run):
         config.data, config.heldout_data, config.max_examples)
 
     # Model: a KerasHub causal LM; its tokenizer drives the data.
-    model = load_task(keras_hub.models.CausalLM, config.preset)
+    preset = resolve_preset(config.preset, keras_hub.models.CausalLM)
+    check_sequence_length(config.sequence_length, preset, config.preset)  # before the weights
+    model = from_preset(keras_hub.models.CausalLM, preset)
+    check_sequence_length(config.sequence_length, preset, config.preset, model=model)
     template = chat.ChatTemplate(model.preprocessor.tokenizer, config.template)
 
     # Data: rendered, tokenised, loss-masked, packed (held-out: one example a

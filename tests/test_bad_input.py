@@ -109,7 +109,68 @@ def inputs(tmp_path_factory):
     (d / "userfolder" / "notes.md").write_text("# notes\n")
     (d / "oldrun").mkdir()  # config.json alone: not a run of an earlier version either
     (d / "oldrun" / "config.json").write_text('{"recipe": "cats_vs_dogs", "config": {}}')
+    # A quoted field of 140,000 characters: over the csv module's 128 KiB limit.
+    (d / "longfield.csv").write_text('text,label\ngood,pos\n"' + "a" * 140_000 + '",neg\n')
+    chat_ok = '{"prompt": "hi", "response": "hello"}\n'
+    (d / "chat_surrogate.jsonl").write_text(chat_ok + '{"prompt": "caf\\ud800", '
+                                            '"response": "hello"}\n')
+    (d / "chat_deep.jsonl").write_text(chat_ok + '{"prompt": ' + "[" * 100_000 + "]" * 100_000
+                                       + ', "response": "x"}\n')
+    (d / "text_deep.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": '
+                                       + "[" * 100_000 + "]" * 100_000 + ', "label": "neg"}\n')
+    (d / "text_surrogate.jsonl").write_text('{"text": "good", "label": "pos"}\n'
+                                            '{"text": "bad \\udc00", "label": "neg"}\n')
+    (d / "prompts_latin1.txt").write_bytes("caf\xe9?\n".encode("latin-1"))
     return d
+
+
+def _cut(size):
+    def cut(path):
+        with open(path, "r+b") as f:
+            f.truncate(size)
+    return cut
+
+
+def _weights_of_nothing(path):
+    """An HDF5 file with the groups of a Keras weights file, holding no weights."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_group("layers")
+        f.create_group("vars")
+
+
+WEIGHTS = "model/model.weights.h5"
+# Rows whose "{damaged}" is a copy of one of the runs (in the row's own
+# tmp_path) with files replaced: {id: (run, {relative path: bytes, or a
+# function of the path})}. The shared runs are never touched.
+DAMAGED = {
+    "predict-weights-cut-short": ("image", {WEIGHTS: _cut(100)}),
+    "predict-weights-garbage": ("image", {WEIGHTS: b"not hdf5 at all" * 100}),
+    "predict-weights-of-nothing": ("image", {WEIGHTS: _weights_of_nothing}),
+    "predict-model-config-not-json": ("image", {"model/config.json": b'{"class_name": '}),
+    "predict-labels-not-json": ("image", {"labels.json": b'["cat", "do'}),
+    "predict-labels-not-a-list": ("image", {"labels.json": b'{"cat": 0, "dog": 1}'}),
+    "predict-labels-not-strings": ("image", {"labels.json": b'["cat", 7]'}),
+    "predict-config-not-json": ("image", {"config.json": b'{"recipe": "cats_vs_dogs", "con'}),
+    "predict-config-not-a-dict": ("image", {"config.json": b'{"config": [32]}'}),
+    "predict-image-size-a-string": ("image", {"config.json": b'{"config": {"image_size": "32"}}'}),
+    "predict-threshold-not-a-class": ("image", {"threshold.json": json.dumps(
+        {"positive_class": "PNEUMONIA", "threshold": 0.4, "target_recall": 0.9}).encode()}),
+    "predict-text-labels-not-utf8": ("text", {"labels.json": b'["neg", "p\xf6s"]'}),
+    "evaluate-weights-cut-short": ("image", {WEIGHTS: _cut(1000)}),
+    "evaluate-labels-not-json": ("image", {"labels.json": b"cat\ndog\n"}),
+    "evaluate-image-size-a-string": ("image", {"config.json":
+                                               b'{"config": {"image_size": "big"}}'}),
+    "chat-chat-json-garbage": ("lora", {"chat.json": b"\x00\x01garbage{"}),
+    "chat-chat-json-no-template": ("lora", {"chat.json": b'{"template": 5}'}),
+    "chat-config-not-json": ("lora", {"config.json": b"{"}),
+    "export-weights-cut-short": ("image", {WEIGHTS: _cut(100)}),
+    "export-labels-not-json": ("image", {"labels.json": b"[cat, dog]"}),
+    "export-config-not-a-dict": ("image", {"config.json": b"[1, 2]"}),
+    "export-chat-json-garbage": ("lora", {"chat.json": b"garbage"}),
+}
+DAMAGE_FIX = "re-run the recipe or restore the file"
 
 
 # (id, args, fragments): "{in}" is the inputs folder, "{image}", "{lora}",
@@ -174,6 +235,32 @@ CASES = [
      ["chat_broken.jsonl", "line 2"]),
     ("chat-jsonl-empty-response", ["run", SARCASM, "--smoke", "data={in}/chat_empty.jsonl"],
      ["chat_empty.jsonl", "line 2", "empty"]),
+    ("images-one-per-class", ["run", CATS, "--smoke", "data={in}/birds"],
+     ["birds", "class 'bird' has 1 image", "expected at least 2 per class"]),
+    ("csv-field-over-128k", ["run", IMDB, "--smoke", "data={in}/longfield.csv",
+                             "text_column=text", "label_column=label"],
+     ["longfield.csv", "line 3", "a field longer than 131072 characters (128 KiB)",
+      "a quote left open"]),
+    ("jsonl-nested-too-deep", ["run", IMDB, "--smoke", "data={in}/text_deep.jsonl",
+                               "text_column=text", "label_column=label"],
+     ["text_deep.jsonl", "line 2", "JSON nested too deeply"]),
+    ("jsonl-lone-surrogate", ["run", IMDB, "--smoke", "data={in}/text_surrogate.jsonl",
+                              "text_column=text", "label_column=label"],
+     ["text_surrogate.jsonl", "line 2", "the text", "lone surrogate \\udc00"]),
+    ("chat-jsonl-lone-surrogate", ["run", SARCASM, "--smoke",
+                                   "data={in}/chat_surrogate.jsonl"],
+     ["chat_surrogate.jsonl", "line 2", "the prompt", "lone surrogate \\ud800",
+      "not valid Unicode"]),
+    ("chat-jsonl-nested-too-deep", ["run", SARCASM, "--smoke", "data={in}/chat_deep.jsonl"],
+     ["chat_deep.jsonl", "line 2", "JSON nested too deeply"]),
+    # The preset's longest sequence, read from its config.json before any
+    # weights (the tiny DistilBERT takes 128 tokens, the tiny GPT-2 256).
+    ("sequence-length-over-preset", ["run", IMDB, "--smoke", "sequence_length=1000"],
+     ["sequence_length=1000", "expected at most 128", "tiny_distilbert", "max_sequence_length"]),
+    ("chat-sequence-length-over-preset", ["run", SARCASM, "--smoke", "sequence_length=1000"],
+     ["sequence_length=1000", "expected at most 256", "tiny_gpt2"]),
+    ("override-nested-minus", ["run", CATS, "--smoke", "epochs=" + "-" * 3000 + "1"],
+     ["override epochs=---", "(3001 characters)", "expected int"]),
     # predict
     ("predict-run-missing", ["predict", "{in}/norun", "{in}/notes.txt"],
      ["norun", "does not exist"]),
@@ -190,6 +277,45 @@ CASES = [
     ("predict-image-on-text-run", ["predict", "{text}", "{in}/oneclass/cat/cat_0000.jpg"],
      ["{text}", "not an image-classification run"]),
     ("predict-nothing", ["predict", "{image}"], ["give image files or --text"]),
+    # predict: a damaged run (a copy, see DAMAGED), found before Keras loads
+    ("predict-weights-cut-short", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["{damaged}", "model/model.weights.h5 is damaged (cut short: 100 of",
+      "expected the weights the run saved", DAMAGE_FIX]),
+    ("predict-weights-garbage", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["model/model.weights.h5 is damaged (not an HDF5 file)"]),
+    ("predict-weights-of-nothing", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["{damaged}", "model/ cannot be loaded", "could not be loaded",
+      "expected the model the run saved"]),
+    ("predict-model-config-not-json", ["predict", "{damaged}",
+                                       "{in}/oneclass/cat/cat_0000.jpg"],
+     ["run model '{damaged}/model': config.json is not valid JSON"]),
+    ("predict-labels-not-json", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["run dir '{damaged}': labels.json is damaged (not valid JSON at line 1): expected the "
+      "list of class names the run wrote; re-run the recipe or restore the file"]),
+    ("predict-labels-not-a-list", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["labels.json is damaged (an object, not a list of names)"]),
+    ("predict-labels-not-strings", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["labels.json is damaged (class 2 is a number, 7)"]),
+    ("predict-config-not-json", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["config.json is damaged (not valid JSON at line 1)",
+      "expected the JSON object the run wrote, its settings under \"config\"", DAMAGE_FIX]),
+    ("predict-config-not-a-dict", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["config.json is damaged (its \"config\" is a list, not an object)"]),
+    # The run's config value of the wrong type is the run's, not the image's.
+    ("predict-image-size-a-string", ["predict", "{damaged}",
+                                     "{in}/oneclass/cat/cat_0000.jpg"],
+     ["config.json is damaged (its image_size is a string, '32')",
+      "expected image_size a whole number of pixels"]),
+    ("predict-threshold-not-a-class", ["predict", "{damaged}",
+                                       "{in}/oneclass/cat/cat_0000.jpg"],
+     ["threshold.json is damaged (its positive_class 'PNEUMONIA' is not one of ['cat', "
+      "'dog'])", "expected the decision threshold the run wrote"]),
+    ("predict-text-labels-not-utf8", ["predict", "{damaged}", "--text", "great"],
+     ["labels.json is damaged (byte 0xf6 at offset 10 is not UTF-8)"]),
+    ("predict-text-not-utf8", ["predict", "{text}", "--text", "caf\udce9"],
+     ["--text: byte 0xe9 at position 4 is not UTF-8; expected UTF-8 text"]),
+    ("predict-second-text-not-utf8", ["predict", "{text}", "--text", "fine", "--text",
+                                      "\udcff"], ["--text 2: byte 0xff at position 1"]),
     # evaluate
     # A tree with one class folder is a valid test split (tests/recipes/
     # test_xray_pneumonia.py); a class folder itself, given as the tree, is not.
@@ -201,6 +327,14 @@ CASES = [
      ["nowhere", "does not exist"]),
     ("evaluate-text-run", ["evaluate", "{text}", "--data", "{in}/birds"],
      ["{text}", "not an image-classification run"]),
+    ("evaluate-batch-size-0", ["evaluate", "{image}", "--data", "{in}/birds", "--batch-size",
+                               "0"], ["--batch-size", "0 is not in the range x>=1"]),
+    ("evaluate-weights-cut-short", ["evaluate", "{damaged}", "--data", "{in}/birds"],
+     ["{damaged}", "model/model.weights.h5 is damaged (cut short: 1000 of"]),
+    ("evaluate-labels-not-json", ["evaluate", "{damaged}", "--data", "{in}/birds"],
+     ["labels.json is damaged (not valid JSON at line 1)"]),
+    ("evaluate-image-size-a-string", ["evaluate", "{damaged}", "--data", "{in}/birds"],
+     ["config.json is damaged (its image_size is a string, 'big')"]),
     # chat
     ("chat-on-classifier-run", ["chat", "{image}"], ["{image}", "no chat.json", "not a chat run"]),
     ("chat-adapter-not-h5", ["chat", "--adapter", "{in}/adapter.txt"],
@@ -211,6 +345,16 @@ CASES = [
      ["RUN_DIR or --adapter"]),
     ("chat-bad-temperature", ["chat", "{lora}", "--temperature", "0"],
      ["temperature=0.0", "above 0"]),
+    ("chat-chat-json-garbage", ["chat", "{damaged}"],
+     ["{damaged}", "chat.json is damaged (not valid JSON at line 1)",
+      "expected the chat settings the run wrote", DAMAGE_FIX]),
+    ("chat-chat-json-no-template", ["chat", "{damaged}"],
+     ["chat.json is damaged (its \"template\" is a number)"]),
+    ("chat-config-not-json", ["chat", "{damaged}"],
+     ["config.json is damaged (not valid JSON at line 1)"]),
+    # A line of standard input (here the file after "<") that is not UTF-8.
+    ("chat-stdin-not-utf8", ["chat", "{lora}", "<{in}/prompts_latin1.txt"],
+     ["standard input line 1: byte 0xe9 at position 4 is not UTF-8", "one prompt a line"]),
     ("chat-preset-typo",
      ["chat", "--adapter", "{lora}/adapter.lora.h5", "--preset", "gpt2_bsae_en"],
      ["unknown preset 'gpt2_bsae_en'", "gpt2_base_en"]),
@@ -225,6 +369,15 @@ CASES = [
     ("export-onto-existing-output",
      ["export", "{lora}", "--format", "peft", "--output", "{in}/existing_output"],
      ["existing_output", "already exists"]),
+    ("export-weights-cut-short", ["export", "{damaged}", "--format", "keras", "--output",
+                                  "{in}/exported"],
+     ["{damaged}", "model/model.weights.h5 is damaged (cut short"]),
+    ("export-labels-not-json", ["export", "{damaged}", "--format", "keras", "--output",
+                                "{in}/exported"], ["labels.json is damaged (not valid JSON"]),
+    ("export-config-not-a-dict", ["export", "{damaged}", "--format", "serving", "--output",
+                                  "{in}/exported"], ["config.json is damaged (a list, not an"]),
+    ("export-chat-json-garbage", ["export", "{damaged}", "--format", "peft", "--output",
+                                  "{in}/exported"], ["chat.json is damaged (not valid JSON"]),
     ("export-peft-of-image-run", ["export", "{image}", "--format", "peft", "--output",
                                   "{in}/exported"], ["{image}", "peft"]),
     # recipes by name, cp
@@ -242,14 +395,38 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(cli, runs, inputs, tmp_path, args, fragments):
+def _damaged_copy(runs, case, tmp_path):
+    """The damaged copy of a run for row `case` (see DAMAGED), in tmp_path."""
+    import shutil
+
+    source, files = DAMAGED[case]
+    copy = tmp_path / f"damaged-{source}"
+    shutil.copytree(runs[source], copy)
+    for name, damage in files.items():
+        if callable(damage):
+            damage(str(copy / name))
+        else:
+            (copy / name).write_bytes(damage)
+    return str(copy)
+
+
+@pytest.mark.parametrize("case, args, fragments", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(cli, runs, inputs, tmp_path, monkeypatch, case, args, fragments):
     before = {name: snapshot(path) for name, path in runs.items()}
     listing = sorted(os.listdir(inputs))
     mine = snapshot(inputs / "userfolder")
     names = dict(runs, **{"in": str(inputs)})
-    fill = lambda s: str(s).format(**names)  # noqa: E731
+    if case in DAMAGED:
+        names["damaged"] = _damaged_copy(runs, case, tmp_path)
+        damaged_before = snapshot(names["damaged"])
+    fill = lambda s: _fill(str(s), names)  # noqa: E731
     args = list(map(fill, args))
+    if args[-1].startswith("<"):  # standard input from that file
+        import io
+
+        with open(args.pop()[1:], "rb") as f:
+            stdin = io.TextIOWrapper(io.BytesIO(f.read()), encoding="utf-8")
+        monkeypatch.setattr("sys.stdin", stdin)
     out = tmp_path / "out"
     if args[0] == "run" and "--output-dir" not in args:
         args += ["--output-dir", str(out)]
@@ -261,6 +438,15 @@ def test_bad_input(cli, runs, inputs, tmp_path, args, fragments):
     assert snapshot(inputs / "userfolder") == mine  # a folder of the user's: untouched
     assert not [n for n in os.listdir(os.path.dirname(runs["image"]))
                 if n.endswith((".replaced", ".old")) or n.startswith(".")]
+    if case in DAMAGED:  # looked at only: nothing written into the damaged run either
+        assert snapshot(names["damaged"]) == damaged_before
+
+
+def _fill(text, names):
+    """`text` with "{in}", "{image}", ... replaced (other braces kept)."""
+    for name, value in names.items():
+        text = text.replace("{" + name + "}", str(value))
+    return text
 
 
 def test_every_cli_command_has_a_row():

@@ -154,6 +154,8 @@ def test_out_of_memory_in_other_commands(cli, monkeypatch, tmp_path, command, ta
         raise _oom("jax")
 
     monkeypatch.setattr(__import__(module, fromlist=[name]), name, fail)
+    # A run folder whose files pass the checks made before Keras loads.
+    (tmp_path / "config.json").write_text('{"recipe": "x", "config": {}}')
     _one_line(cli(command, tmp_path, *args), 1, "out of memory", hint)
 
 

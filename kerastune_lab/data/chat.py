@@ -33,6 +33,7 @@ from kerastune_lab.data.packing import (  # noqa: F401
     sequence_stream,
 )
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.text_checks import unicode_problem
 
 log = logging.getLogger("kerastune_lab")
 
@@ -47,6 +48,10 @@ def _text(value, path, line, what):
             "expected a string")
     if not value.strip():
         raise KerastuneError(f"chat data {path!r} line {line}: the {what} is empty")
+    problem = unicode_problem(value, escaped=False)
+    if problem:
+        raise KerastuneError(f"chat data {path!r} line {line}: the {what}: {problem}; "
+                             "expected UTF-8 text")
     return value
 
 
@@ -120,9 +125,11 @@ def read_chat_jsonl(path):
                 continue
             try:
                 record = json.loads(content)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RecursionError) as e:
+                why = (f"not valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError)
+                       else "JSON nested too deeply to read")
                 raise KerastuneError(
-                    f"chat data {path!r} line {line}: not valid JSON ({e.msg}); "
+                    f"chat data {path!r} line {line}: {why}; "
                     "expected one JSON object a line") from None
             if not isinstance(record, dict):
                 raise KerastuneError(

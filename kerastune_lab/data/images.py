@@ -140,6 +140,18 @@ def scan_image_folder(root, require_all_classes=True):
     return paths, labels, class_names, skipped
 
 
+def check_splittable(labels, class_names, root, val_split):
+    """Raises a one-line `KerastuneError` when a class has fewer than 2
+    images: one cannot be both trained on and held out for validation."""
+    counts = np.bincount(np.asarray(labels, "int64"), minlength=len(class_names))
+    few = [(name, int(n)) for name, n in zip(class_names, counts) if 0 < n < 2]
+    if few:
+        name, n = few[0]
+        raise KerastuneError(
+            f"data folder {root!r}: class {name!r} has {n} image: expected at least 2 per "
+            f"class, one to train on and one to hold out (val_split={val_split:g})")
+
+
 def stratified_split(labels, fraction, seed):
     """Returns (train_indices, val_indices), `fraction` of each class to val."""
     labels = np.asarray(labels)
@@ -290,6 +302,7 @@ def load_image_folder(root, image_size, batch_size, val_split=0.2, seed=0, augme
     paths, labels, class_names, skipped = scan_image_folder(root)
     if not 0 < val_split < 1:
         raise KerastuneError(f"val_split={val_split}: expected a fraction between 0 and 1")
+    check_splittable(labels, class_names, os.path.expanduser(os.fspath(root)), val_split)
     train_idx, val_idx = stratified_split(labels, val_split, seed)
     take = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
     val_paths, _ = take(val_idx)
@@ -372,6 +385,8 @@ def load_images(paths, image_size):
     """Reads image files for prediction into a float32 (n, size, size, 3) array."""
     import tensorflow as tf
 
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise KerastuneError(f"image_size={image_size!r}: expected a whole number of pixels")
     images = []
     for path in paths:
         if not os.path.isfile(path):

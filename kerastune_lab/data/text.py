@@ -27,6 +27,7 @@ import numpy as np
 
 from kerastune_lab.data import tfds_builder, tfds_load
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.text_checks import unicode_problem
 
 log = logging.getLogger("kerastune_lab")
 
@@ -90,9 +91,23 @@ def _as_label(value, path, line):
     return label
 
 
+def _csv_error(error, path, line):
+    """A `csv.Error` as one line naming the file and the line its row starts on."""
+    if "field larger than field limit" in str(error):
+        limit = csv.field_size_limit()
+        return KerastuneError(
+            f"data file {path!r} line {line}: a field longer than {limit} characters "
+            f"({limit // 1024} KiB): expected one text a field (a quote left open makes the "
+            "rest of the file one field)")
+    return KerastuneError(f"data file {path!r} line {line}: {error}; expected CSV rows")
+
+
 def _read_csv(text, path, delimiter, text_column, label_column):
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    columns = reader.fieldnames or []
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as e:
+        raise _csv_error(e, path, 1) from None
     missing = [c for c in (text_column, label_column) if c not in columns]
     if missing:
         raise KerastuneError(
@@ -100,7 +115,15 @@ def _read_csv(text, path, delimiter, text_column, label_column):
             f"its header has {', '.join(map(repr, columns)) or 'no columns'}; "
             "set text_column= and label_column= to the columns to use"
         )
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise _csv_error(e, path, start) from None
         yield reader.line_num, row.get(text_column), row.get(label_column)
 
 
@@ -110,9 +133,11 @@ def _read_jsonl(text, path, text_column, label_column):
             continue
         try:
             record = json.loads(content)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = (f"not valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError)
+                   else "JSON nested too deeply to read")
             raise KerastuneError(
-                f"data file {path!r} line {line}: not valid JSON ({e.msg}); "
+                f"data file {path!r} line {line}: {why}; "
                 "expected one JSON object a line"
             ) from None
         if not isinstance(record, dict):
@@ -168,6 +193,11 @@ def read_text_file(path, text_column="text", label_column="label"):
         if not value or not value.strip():
             empty_lines.append(line)
             continue
+        for what, part in (("the text", value), ("the label", label)):
+            problem = isinstance(part, str) and unicode_problem(part, escaped=False)
+            if problem:
+                raise KerastuneError(f"data file {path!r} line {line}: {what}: {problem}; "
+                                     "expected UTF-8 text")
         texts.append(value)
         labels.append(_as_label(label, path, line))
     _report_empty(path, len(texts), empty_lines)

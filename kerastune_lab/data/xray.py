@@ -157,6 +157,7 @@ def load_split_tree(root, image_size, batch_size, required=CHEST_XRAY_CLASSES,
             raise KerastuneError(f"val_split={val_split}: expected a fraction between 0 and 1")
         where = f"{folders['val']!r} holds {found_val} image(s)" if "val" in folders \
             else f"{root!r} has no 'val' folder"
+        images.check_splittable(train_labels, class_names, folders["train"], val_split)
         keep, carve = images.stratified_split(train_labels, val_split, seed)
         val_paths, val_labels = [train_paths[i] for i in carve], train_labels[carve]
         train_paths, train_labels = [train_paths[i] for i in keep], train_labels[keep]

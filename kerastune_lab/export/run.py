@@ -17,9 +17,10 @@ leaves nothing half-written; folders get the usual permissions (umask).
 import os
 import shutil
 
+from kerastune_lab import run_files
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.generate import ADAPTER_FILE, CHAT_FILE
-from kerastune_lab.runs import RunDir, atomic_path, normal_path
+from kerastune_lab.runs import atomic_path, normal_path
 
 FORMATS = ("hf", "peft", "keras", "serving")
 _FITS = {"causal_lm": ("hf",), "lora": ("hf", "peft"),
@@ -75,7 +76,7 @@ def export_run(run_dir, fmt, output, with_base=False, preset=None):
     if os.path.exists(output):
         raise KerastuneError(f"output {output!r} already exists: expected a new folder "
                              "(remove it or choose another --output)")
-    run = RunDir.open(run_dir)
+    run = run_files.check_run(run_dir)  # its files, before anything loads
     kind, task_cls = run_kind(run)
     if fmt not in _FITS[kind]:
         raise KerastuneError(f"--format {fmt} does not fit run dir {run.path!r}, "
@@ -115,7 +116,8 @@ def _write(run, kind, task_cls, fmt, folder, with_base, preset, output):
         if os.path.isfile(run.file(CHAT_FILE)):  # the chat template the run trained with
             from kerastune_lab.generate import chat_template_of
 
-            hf.save_chat_template(chat_template_of(model, run.read_json(CHAT_FILE)), folder)
+            settings = run_files.chat_settings(run.path)
+            hf.save_chat_template(chat_template_of(model, settings), folder)
         return
     if os.path.isfile(run.file("labels.json")):
         shutil.copy(run.file("labels.json"), os.path.join(folder, "labels.json"))
