@@ -46,7 +46,7 @@ def test_info_prints_only_its_own_lines():
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
     assert not foreign(proc.stdout.splitlines(), lambda line: re.match(r"^[\w -]+: ", line))
-    assert proc.stdout.startswith(f"backend: {BACKEND}\n")
+    assert re.match(rf"kerastune_lab: \S+\nbackend: {BACKEND}\n", proc.stdout), proc.stdout
 
 
 def test_smoke_run_prints_only_its_own_lines_and_progress(tmp_path):
