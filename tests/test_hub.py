@@ -24,6 +24,10 @@ from kerastune_lab.errors import DownloadFailed, KerastuneError
 from tests import fake_kaggle
 from tests.conftest import recipe_path, run_cli
 
+# Downloads and their failures go through kagglehub, TFDS and huggingface_hub,
+# the same code on every backend: CI runs these once, on jax.
+pytestmark = pytest.mark.backend_independent
+
 PRESET = "gpt2_base_en"
 GATED = "llama2_7b_en"
 BIG = "kerastune-test/gpt2/keras/gpt2_big/1"  # a handle that only the fake server knows

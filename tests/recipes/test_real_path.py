@@ -29,6 +29,12 @@ from kerastune_lab import testing
 from tests import hubs
 from tests.conftest import BACKEND, CliResult, recipe_path
 
+# What these check is the download path (KerasHub -> kagglehub, TFDS's
+# download_and_prepare, huggingface_hub's cache), the same on every backend;
+# training on each backend is tests/recipes/test_<recipe>.py's. CI runs these
+# once, on jax.
+pytestmark = pytest.mark.backend_independent
+
 PER_CLASS = 24  # good images a class in the stand-in PetImages zip
 IMDB = {"train": 48, "test": 32, "unsup": 8}  # reviews in the stand-in aclImdb tar.gz
 
