@@ -140,7 +140,34 @@ def _weights_of_nothing(path):
         f.create_group("vars")
 
 
+def _adapter_nan(path):
+    """A NaN in the first LoRA factor of an adapter file."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        names = []
+        f.visititems(lambda name, item: names.append(name)
+                     if isinstance(item, h5py.Dataset) else None)
+        data = f[sorted(names)[0]]
+        values = data[()]
+        values.flat[0] = float("nan")
+        data[...] = values
+
+
+def _adapter_rank(rank):
+    """The adapter's metadata recording another rank."""
+    def set_rank(path):
+        import h5py
+
+        with h5py.File(path, "r+") as f:
+            metadata = json.loads(f.attrs["metadata"])
+            metadata["rank"] = rank
+            f.attrs["metadata"] = json.dumps(metadata)
+    return set_rank
+
+
 WEIGHTS = "model/model.weights.h5"
+ADAPTER = "adapter.lora.h5"
 # Rows whose "{damaged}" is a copy of one of the runs (in the row's own
 # tmp_path) with files replaced: {id: (run, {relative path: bytes, or a
 # function of the path})}. The shared runs are never touched.
@@ -169,6 +196,11 @@ DAMAGED = {
     "export-labels-not-json": ("image", {"labels.json": b"[cat, dog]"}),
     "export-config-not-a-dict": ("image", {"config.json": b"[1, 2]"}),
     "export-chat-json-garbage": ("lora", {"chat.json": b"garbage"}),
+    # Adapters (issue 23.4): a NaN factor, a rank that would allocate without end
+    "chat-adapter-nan": ("lora", {ADAPTER: _adapter_nan}),
+    "merge-adapter-nan": ("lora", {ADAPTER: _adapter_nan}),
+    "chat-adapter-rank-huge": ("lora", {ADAPTER: _adapter_rank(10**9)}),
+    "merge-adapter-rank-a-string": ("lora", {ADAPTER: _adapter_rank("2")}),
 }
 DAMAGE_FIX = "re-run the recipe or restore the file"
 
@@ -380,6 +412,15 @@ CASES = [
                                   "{in}/exported"], ["chat.json is damaged (not valid JSON"]),
     ("export-peft-of-image-run", ["export", "{image}", "--format", "peft", "--output",
                                   "{in}/exported"], ["{image}", "peft"]),
+    # adapters: checked before anything of them is used
+    ("chat-adapter-nan", ["chat", "{damaged}", "--sampler", "greedy", "<{in}/notes.txt"],
+     ["adapter.lora.h5", "holds NaN or inf", "expected finite values"]),
+    ("merge-adapter-nan", ["merge", "{damaged}", "--output", "{in}/merged"],
+     ["adapter.lora.h5", "holds NaN or inf"]),
+    ("chat-adapter-rank-huge", ["chat", "{damaged}", "<{in}/notes.txt"],
+     ["adapter.lora.h5", "metadata rank=1000000000", "at most 4096"]),
+    ("merge-adapter-rank-a-string", ["merge", "{damaged}", "--output", "{in}/merged"],
+     ["adapter.lora.h5", "metadata rank='2'"]),
     # recipes by name, cp
     ("run-unknown-recipe-name", ["run", "cats_vs_dog", "--smoke"],
      ["no recipe named 'cats_vs_dog'", "did you mean 'cats_vs_dogs'"]),
