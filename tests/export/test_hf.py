@@ -52,8 +52,10 @@ def test_chat_run_exports_the_same_logits(kind, chat_runs, cli, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf")]  # no temporary left
 
 
+# Spaces and a newline around the last message: a template that trimmed or
+# reflowed the content would render other text.
 CONVERSATION = [("user", "Is it Monday again?"), ("assistant", "Sadly, yes."),
-                ("user", "Coffee?")]
+                ("user", "  Coffee?\n ")]
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
