@@ -96,3 +96,46 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def recipe_path(name):
     return os.path.join(ROOT, "recipes", f"{name}.py")
+
+
+# `kerastune` in a fresh process where importing keras, TensorFlow, jax or
+# torch fails: for the checks that must answer before the heavy imports.
+GUARD = """
+import sys
+HEAVY = ("keras", "keras_hub", "tensorflow", "jax", "torch", "tensorflow_datasets")
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError(f"GUARD: {name} imported before the error")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+from kerastune_lab.cli import main
+main(sys.argv[1:])
+"""
+
+
+def run_guarded(*args):
+    """Runs `kerastune` with the heavy imports refused (`GUARD`)."""
+    proc = subprocess.run([sys.executable, "-c", GUARD, *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def file_tree(root, mtimes=False):
+    """{relative path: sha256 (with `mtimes`: (sha256, mtime_ns))} of every
+    file under `root`, and its folders: what a refusal must leave as it was."""
+    import hashlib
+
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            found[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            with open(path, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            found[os.path.relpath(path, root)] = (
+                (digest, os.stat(path).st_mtime_ns) if mtimes else digest)
+    return found

@@ -8,7 +8,6 @@ classifier run, a LoRA chat run (adapter on the tiny GPT-2), and a text run's
 config without its model.
 """
 
-import hashlib
 import json
 import os
 
@@ -16,7 +15,7 @@ import pytest
 
 from kerastune_lab import testing
 from kerastune_lab.runs import RunDir
-from tests.conftest import assert_one_line_error, recipe_path
+from tests.conftest import assert_one_line_error, file_tree, recipe_path
 
 CATS = recipe_path("cats_vs_dogs")
 XRAY = recipe_path("xray_pneumonia")
@@ -58,17 +57,7 @@ def runs(tmp_path_factory):
     return {"image": image.path, "lora": lora_run.path, "text": text.path}
 
 
-def snapshot(root):
-    """{relative path: sha256} of every file under `root`, and the folders."""
-    tree = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            tree[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
-        for f in filenames:
-            path = os.path.join(dirpath, f)
-            with open(path, "rb") as fh:
-                tree[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return tree
+snapshot = file_tree
 
 
 @pytest.fixture(scope="module")

@@ -7,36 +7,13 @@ fail on that refusal instead of printing its one line (no timing involved).
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, CliResult, assert_one_line_error, recipe_path
+from tests.conftest import assert_one_line_error, recipe_path, run_guarded
 
 CATS = recipe_path("cats_vs_dogs")
 XRAY = recipe_path("xray_pneumonia")
-
-GUARD = """
-import sys
-HEAVY = ("keras", "keras_hub", "tensorflow", "jax", "torch", "tensorflow_datasets")
-
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HEAVY:
-            raise ImportError(f"GUARD: {name} imported before the error")
-        return None
-
-sys.meta_path.insert(0, Refuse())
-from kerastune_lab.cli import main
-main(sys.argv[1:])
-"""
-
-
-def run_guarded(*args):
-    proc = subprocess.run([sys.executable, "-c", GUARD, *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.fixture

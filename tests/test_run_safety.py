@@ -14,7 +14,6 @@ folder's files (names, content and mtimes) left as they were.
 """
 
 import glob
-import hashlib
 import json
 import os
 import re
@@ -31,11 +30,12 @@ from kerastune_lab.errors import KerastuneError
 from kerastune_lab.runs import RunDir
 from tests.conftest import (
     ROOT,
-    CliResult,
     assert_one_line_error,
+    file_tree,
     raises_one_line,
     recipe_path,
     run_cli,
+    run_guarded,
 )
 
 # The same code on every backend: CI runs it once, on jax (setup.cfg).
@@ -81,41 +81,8 @@ time.sleep(600)
 
 # Runs `kerastune` in a process that refuses to import Keras and the
 # frameworks: an error printed there came before any of them loaded.
-GUARDED = """
-import sys
-HEAVY = ("keras", "keras_hub", "tensorflow", "jax", "torch", "tensorflow_datasets")
-
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HEAVY:
-            raise ImportError(f"GUARD: {name} imported before the error")
-        return None
-
-sys.meta_path.insert(0, Refuse())
-from kerastune_lab.cli import main
-main(sys.argv[1:])
-"""
-
-
-def run_guarded(*args):
-    proc = subprocess.run([sys.executable, "-c", GUARDED, *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
-
-
 def tree(root):
-    """{relative path: (sha256, mtime_ns)} of every file under `root`, and
-    its folders: what a refusal must leave as it was."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            found[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
-        for f in filenames:
-            path = os.path.join(dirpath, f)
-            with open(path, "rb") as fh:
-                found[os.path.relpath(path, root)] = (hashlib.sha256(fh.read()).hexdigest(),
-                                                      os.stat(path).st_mtime_ns)
-    return found
+    return file_tree(root, mtimes=True)
 
 
 def error_line(result):
