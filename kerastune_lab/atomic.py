@@ -30,6 +30,11 @@ def normal_path(path):
     return os.path.normpath(os.path.expanduser(os.fspath(path)))
 
 
+# Inside each temporary folder, from the moment it is made: only a folder
+# holding it is ever taken for a killed writer's leftover.
+MARK = ".kerastune-temporary"
+
+
 def _lock_folder(folder):
     """An open descriptor of `folder` holding its exclusive lock (None where
     the OS or file system has no such locks)."""
@@ -60,8 +65,9 @@ def remove_leftovers(path):
         return []
     for name in names:
         folder = os.path.join(parent, name)
-        if len(name) != len(prefix) + 8 or not os.path.isdir(folder) or os.path.islink(folder):
-            continue  # not one of mkdtemp's names
+        if (len(name) != len(prefix) + 8 or not os.path.isdir(folder) or os.path.islink(folder)
+                or not os.path.isfile(os.path.join(folder, MARK))):
+            continue  # not a temporary of this module (a folder of the user's, say)
         fd = _lock_folder(folder)
         if fd is None:
             continue  # a live writer holds it
@@ -91,6 +97,7 @@ def atomic_path(path):
         remove_leftovers(path)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
         held = _lock_folder(tmp)  # tells later writers this one is alive
+        open(os.path.join(tmp, MARK), "w").close()
         target = os.path.join(tmp, os.path.basename(path))
         yield target
         if os.path.isdir(target) and os.path.isdir(path):

@@ -57,5 +57,9 @@ def test_a_live_writer_in_this_process_is_left_alone(tmp_path):
     # Only mkdtemp's names beside the target are taken for leftovers.
     (tmp_path / ".notes.txt.keep").mkdir()
     (tmp_path / ".notes.txt.abcdefgh").write_text("a file, not a folder")
+    # A folder of the user's with a temporary's very name, but not made here.
+    mine = tmp_path / ".notes.txt.12345678"
+    mine.mkdir()
+    (mine / "draft.md").write_text("mine")
     assert remove_leftovers(target) == []
-    assert (tmp_path / ".notes.txt.keep").exists()
+    assert (tmp_path / ".notes.txt.keep").exists() and (mine / "draft.md").read_text() == "mine"
