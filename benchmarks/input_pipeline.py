@@ -1,5 +1,6 @@
 """Images/s of the training input at 224x224 JPEG, first epoch and later
-epochs, beside the model's own images/s on the same batches.
+epochs, with and without augmentation, beside the model's own images/s on
+the same batches.
 
     python benchmarks/input_pipeline.py [--backend jax] [--images 2000] [--epochs 4]
         [--model resnet50|tiny] [--model-steps 3] [--model-batch 2] [--data FOLDER]
@@ -9,22 +10,26 @@ default generated once: `--images` files of 300-500 x 250-375 pixels, the
 size of TFDS cats_vs_dogs photos, with smooth shapes rather than noise, so
 that they compress and decode like photos), iterated as the recipes'
 training stream. The first epoch reads, decodes and resizes every file and
-keeps it (`data/cache.py`); later epochs copy the kept images into batches:
-the recipes augment inside the training model (`augment.Augmented`), not in
-the input pipeline. Each input rate is the pipeline alone (no model), in the
-same process. Beside it, in the same run: the old way, the recipes'
-augmentation (flip, rotation 0.1, zoom 0.1) per batch in the input pipeline
-(`images.augmentation()`, the fastest tf.data form of it), and the same
-augmentation as Keras layers alone (`images.augmentation_layers()`) as
-Keras compiles a predict step (`predict_on_batch` of a model of the layers,
-in training mode: XLA on JAX, a tf.function on TensorFlow, eager on torch),
-on this CPU. The model is a ResNet-50-shaped KerasHub `ResNetImageClassifier` built
-from config with random weights and an ImageNet-style image converter
-(`--model tiny`: the tests' tiny one), trained through `augment.Augmented`
-(augmentation, converter and model in one compiled train step), one step a
-batch of `--model-batch` of the same images, on this machine's CPU (with 2
-the whole run peaked at 4.0 GB resident on JAX, with 8 at 6.0 GB, for about
-the same images/s).
+keeps it (`data/cache.py`); later epochs copy the kept images into batches,
+and augment them where the recipes put the augmentation
+(`augment.choose_where`): on a CPU in the input pipeline
+(`images.augmentation()`: flip, rotation 0.1, zoom 0.1), on a GPU/TPU in
+the training model. So two later-epoch rates are printed, each named: with
+the augmentation in the pipeline (what a CPU run's input does), and without
+(what a GPU/TPU run's input does; its augmentation is then part of the
+model's rate). Each input rate is the pipeline alone (no model), in the
+same process. Beside them: the same augmentation as Keras layers alone
+(`images.augmentation_layers()`) as Keras compiles a predict step
+(`predict_on_batch` of a model of the layers, in training mode: XLA on JAX,
+a tf.function on TensorFlow, eager on torch), on this CPU; and the model,
+a ResNet-50-shaped KerasHub `ResNetImageClassifier` built from config with
+random weights and an ImageNet-style image converter (`--model tiny`: the
+tests' tiny one), trained through `augment.Augmented`, one step a batch of
+`--model-batch` of the same images, with the augmentation layers in the
+step and without them, on this machine's CPU (with 2 the whole run peaked
+at 4.0 GB resident on JAX, with 8 at 6.0 GB, for about the same images/s).
+The end-to-end rate of a whole recipe run, augmentation included, is
+`benchmarks/overhead.py --size 224`.
 
 The device rates a pipeline must keep up with are issue 16's figures, not
 measured here: a T4 trains ResNet-50 at about 300-400 images/s in mixed
@@ -86,9 +91,9 @@ def rate(dataset, keep=0):
     return count / (time.perf_counter() - start), batches
 
 
-def build_model(kind, image_size, seed=1):
+def build_model(kind, image_size, seed=1, augmented=True):
     """(training model, what it is): the classifier inside `augment.Augmented`
-    with the recipes' augmentation layers, compiled."""
+    with the recipes' augmentation layers (none if not `augmented`), compiled."""
     import keras
     import keras_hub
 
@@ -112,7 +117,7 @@ def build_model(kind, image_size, seed=1):
         model = keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=2,
                                                        preprocessor=preprocessor)
         what = "ResNet-50 shape from config, random weights, float32"
-    trainer = Augmented(model, images.augmentation_layers(seed=seed))
+    trainer = Augmented(model, images.augmentation_layers(seed=seed) if augmented else [])
     trainer.compile(keras.optimizers.Adam(1e-4),
                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return trainer, what
@@ -205,39 +210,43 @@ def main():
     os.environ.setdefault("KERASTUNE_CACHE", os.path.join(work, "cache"))
     data_dir = args.data or make_photos(os.path.join(work, f"photos-{args.images}"),
                                         args.images)
-    # As the recipes load it: no augmentation in the input pipeline.
+    # As a GPU/TPU run loads it: no augmentation in the input pipeline.
     data = images.load_image_data(data_dir, args.size, args.batch_size, val_split=0.1,
                                   seed=1, cache=args.cache)
     stream = data.train_stream
     first, batches = rate(stream.epoch(0), keep=max(args.model_steps + 1, 5))
     later = [rate(stream.epoch(e))[0] for e in range(1, args.epochs)]
-    later_ips = statistics.median(later) if later else float("nan")
-    # The old way: the same kept images, augmented per batch in the pipeline.
-    old = copy.copy(stream)
-    old.augment = images.augmentation()  # flip, rotation 0.1, zoom 0.1, as the recipes
-    in_pipeline = rate(old.epoch(args.epochs))[0]
+    plain_ips = statistics.median(later) if later else float("nan")
+    # As a CPU run loads it: the same kept images, augmented per batch.
+    on_cpu = copy.copy(stream)
+    on_cpu.augment = images.augmentation()  # flip, rotation 0.1, zoom 0.1, as the recipes
+    in_pipeline = statistics.median(rate(on_cpu.epoch(e))[0]
+                                    for e in range(args.epochs, args.epochs + 2))
     layers = images.augmentation_layers(seed=1)
     in_model = augmentation_rate(layers, batches)
     model, what = build_model(args.model, args.size)
     model_ips = model_rate(model, batches, args.model_steps, args.model_batch)
+    bare, _ = build_model(args.model, args.size, augmented=False)
+    bare_ips = model_rate(bare, batches, args.model_steps, args.model_batch)
 
     cache = getattr(stream, "cache", None)
+    size = f"{args.size}x{args.size}"
     print(f"backend {name}, keras {keras.__version__}, {os.cpu_count()} CPU cores, load average "
           f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (shared machine: "
           "other processes lower these figures)")
-    print(f"{data.num_train} training JPEGs from {data_dir}, {args.size}x{args.size}, batch "
+    print(f"{data.num_train} training JPEGs from {data_dir}, {size}, batch "
           f"{args.batch_size}, cache {cache.where if cache else 'none'}")
-    print(f"augmentation (flip, rotation 0.1, zoom 0.1), this CPU: in the input pipeline "
-          f"(old, images.augmentation(), later epochs): {in_pipeline:.0f} images/s; "
-          f"Keras layers alone, {COMPILED.get(name, 'compiled')} "
-          f"({', '.join(type(x).__name__ for x in layers)}): "
-          f"{in_model:.0f} images/s")
-    print(f"model ({what}), train step with the in-model augmentation, this CPU, batch "
-          f"{args.model_batch}: {model_ips:.1f} images/s")
-    print(f"first epoch (read, decode, resize, keep): {first:.0f} images/s at "
-          f"{args.size}x{args.size}")
-    print(f"later epochs (kept images, batched; augmentation in the model) {covers(later_ips)}")
-    print(f"later epochs: {later_ips:.0f} images/s at {args.size}x{args.size}")
+    print(f"input alone, first epoch (read, decode, resize, keep; no augmentation): "
+          f"{first:.0f} images/s")
+    print(f"input alone, later epochs, augmentation in the pipeline (a CPU run's input): "
+          f"{in_pipeline:.0f} images/s; {covers(in_pipeline)}")
+    print(f"input alone, later epochs, no augmentation (a GPU/TPU run's input; the "
+          f"augmentation runs in the model): {plain_ips:.0f} images/s; {covers(plain_ips)}")
+    print(f"augmentation as Keras layers alone, {COMPILED.get(name, 'compiled')}, this CPU "
+          f"({', '.join(type(x).__name__ for x in layers)}): {in_model:.0f} images/s")
+    print(f"model ({what}), train step, this CPU, batch {args.model_batch}: "
+          f"{bare_ips:.1f} images/s without augmentation, {model_ips:.1f} with the "
+          "augmentation layers in the step")
     return 0
 
 

@@ -1,17 +1,19 @@
 """Cats vs dogs: a KerasHub ResNet fine-tuned in two phases, with augmentation.
 
 Launch:
-    kerastune run cats_vs_dogs --smoke                             # tiny, offline, ~1 min on CPU
+    kerastune run cats_vs_dogs --smoke                             # tiny preset and data, offline
     kerastune run cats_vs_dogs                                     # resnet_50_imagenet on TFDS cats_vs_dogs
     kerastune run cats_vs_dogs --backend torch data=~/pets epochs=5
     kerastune run cats_vs_dogs head_epochs=3 head_learning_rate=3e-4 learning_rate=1e-5
 Then:
     kerastune predict runs/cats_vs_dogs-<time> my_cat.jpg
 
-The random flips, rotations and zooms run inside the training model, on the
-accelerator (`augment.Augmented`); the input pipeline only reads the images,
-decoded once and kept, and batches them. The saved model is the plain
-classifier, without augmentation.
+The random flips, rotations and zooms run where they are cheapest: inside
+the training model on a GPU or TPU (`augment.Augmented`: compiled with the
+train step), in the tf.data input pipeline on a CPU (beside the step);
+`augment_on=model|pipeline` overrides, config.json records it. The images
+are decoded once and kept. The saved model is the plain classifier, without
+augmentation.
 
 Phase 1 trains only the new 2-class head at `head_learning_rate` with the
 backbone frozen; phase 2 unfreezes the backbone (BatchNorm stays in inference
@@ -25,8 +27,7 @@ import logging
 
 from kerastune_lab import testing
 from kerastune_lab.config import setting
-from kerastune_lab.data import images
-from kerastune_lab.data.augment import Augmented
+from kerastune_lab.data import augment, images
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune import two_phase
@@ -53,9 +54,10 @@ class Config:
     flip: str = setting("horizontal", choices=("horizontal", "vertical", "horizontal_and_vertical", ""))  # augmentation: the flip axes; "" for none
     rotation: float = setting(0.1, ge=0, le=1)  # augmentation: largest rotation, fraction of a full turn
     zoom: float = setting(0.1, ge=0, lt=1)  # augmentation: largest zoom, fraction of the image size
+    augment_on: str = setting("auto", choices=("auto", "model", "pipeline"))  # where augmentation runs: auto is inside the training model on a GPU/TPU, in the tf.data pipeline on a CPU (recorded in config.json)
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
-    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: docs/benchmarks.md)
     seed: int = setting(1337, ge=0)
 
 
@@ -84,22 +86,28 @@ def main(config, run):
     # before any dataset download.
     preset = resolve_preset(config.preset, keras_hub.models.ImageClassifier)
 
-    # Data: decoded and resized once, then kept; shuffled and batched, a
-    # function of (seed, epoch), so a resumed run sees the same batches.
+    # Augmentation (training only), where it is cheapest: in the input
+    # pipeline on a CPU, inside the training model on a GPU/TPU (`augment_on`).
+    augmentation = augment.Augmentation(config.flip or None, config.rotation, config.zoom)
+    where = augment.placement(config.augment_on, run)
+
+    # Data: decoded and resized once, then kept; shuffled, batched (and
+    # augmented, in the pipeline) as a function of (seed, epoch), so a
+    # resumed run sees the same batches.
     data = images.load_image_data(config.data, config.image_size, config.batch_size,
-                                  config.val_split, config.seed)
+                                  config.val_split, config.seed,
+                                  augment=augmentation if where == "pipeline" else ())
     log.info("data: %d train / %d val images, classes %s", data.num_train, data.num_val,
              data.class_names)
     run.write_json("labels.json", data.class_names)
 
     # Model: the preset's backbone with a new head for our classes.
     model = load_image_classifier(preset, num_classes=len(data.class_names))
-    # Augmentation (training only) inside the model that trains it, on the
-    # accelerator; `model` itself is saved, without it.
-    trainer = Augmented(model, images.augmentation_layers(
-        config.flip or None, config.rotation, config.zoom, seed=config.seed))
-    log.info("augmentation in the training model, training only: %s",
-             ", ".join(type(layer).__name__ for layer in trainer.augmentation) or "none")
+    # The model that trains it: the image converter, then `model`; with the
+    # augmentation layers in front when they run in the model. `model`
+    # itself is saved, without augmentation.
+    layers = augmentation.layers(config.seed) if where == "model" else []
+    trainer = augment.Augmented(model, layers)
 
     # Training: two phases, switched with `trainable` flags, backed up as
     # they go (an interrupted run resumes from the backup).

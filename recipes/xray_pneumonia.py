@@ -2,7 +2,7 @@
 imbalanced classes, evaluated past accuracy.
 
 Launch:
-    kerastune run xray_pneumonia --smoke                             # tiny, offline, ~1 min on CPU
+    kerastune run xray_pneumonia --smoke                             # tiny preset and data, offline
     kerastune run xray_pneumonia data=~/chest_xray                   # resnet_50_imagenet on the Kaggle set
     kerastune run xray_pneumonia data=~/chest_xray class_weight=none oversample=true
     kerastune run xray_pneumonia data=~/chest_xray "class_weight={'NORMAL': 3.0, 'PNEUMONIA': 1.0}"
@@ -17,8 +17,10 @@ few to validate on, so a stratified `val_split` of `train/` is used instead
 (logged, and written to config.json under "validation").
 
 Augmentation (small rotations, zoom, contrast; no flip by default) runs
-inside the training model, on the accelerator (`augment.Augmented`); the
-saved model is the plain classifier, without it.
+where it is cheapest: inside the training model on a GPU or TPU
+(`augment.Augmented`), in the tf.data input pipeline on a CPU
+(`augment_on=model|pipeline` overrides; config.json records it). The saved
+model is the plain classifier, without it.
 
 Imbalance (about 1 NORMAL to 3 PNEUMONIA in train): the loss weighs each
 class by n / (classes * n_class) with `class_weight=balanced`; or give the
@@ -38,8 +40,7 @@ import os
 
 from kerastune_lab import testing
 from kerastune_lab.config import setting
-from kerastune_lab.data import images, xray
-from kerastune_lab.data.augment import Augmented
+from kerastune_lab.data import augment, xray
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import choose_threshold, evaluate_classifier, write_report
 from kerastune_lab.evaluate.classification import headline
@@ -73,9 +74,10 @@ class Config:
     contrast: float = setting(0.1, ge=0, le=1)  # augmentation: largest contrast change, fraction (exposure varies between films)
     positive_class: str = "PNEUMONIA"  # the class of the ROC/PR curves and of the threshold
     target_recall: float = setting(0.95, gt=0, le=1)  # recall of positive_class to choose a decision threshold for
+    augment_on: str = setting("auto", choices=("auto", "model", "pipeline"))  # where augmentation runs: auto is inside the training model on a GPU/TPU, in the tf.data pipeline on a CPU (recorded in config.json)
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
-    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: docs/benchmarks.md)
     seed: int = setting(1337, ge=0)
 
 
@@ -105,10 +107,17 @@ def main(config, run):
     # before the images are read.
     preset = resolve_preset(config.preset, keras_hub.models.ImageClassifier)
 
+    # Augmentation (training only), where it is cheapest: in the input
+    # pipeline on a CPU, inside the training model on a GPU/TPU (`augment_on`).
+    augmentation = augment.Augmentation(config.flip or None, config.rotation, config.zoom,
+                                        config.contrast)
+    where = augment.placement(config.augment_on, run)
+
     # Data: train/val/test decoded to 3 channels (grayscale too), resized, kept.
     data = xray.load_split_tree(
         config.data, config.image_size, config.batch_size, min_val_images=config.min_val_images,
-        val_split=config.val_split, oversample=config.oversample, seed=config.seed)
+        val_split=config.val_split, oversample=config.oversample, seed=config.seed,
+        augment=augmentation if where == "pipeline" else ())
     log.info("data: images per class %s; training on %d", data.counts, data.num_train)
     run.write_json("labels.json", data.class_names)
     if config.positive_class not in data.class_names:
@@ -125,12 +134,11 @@ def main(config, run):
 
     # Model: the preset's backbone with a new head for our classes.
     model = load_image_classifier(preset, num_classes=len(data.class_names))
-    # Augmentation (training only) inside the model that trains it, on the
-    # accelerator; `model` itself is saved, without it.
-    trainer = Augmented(model, images.augmentation_layers(
-        config.flip or None, config.rotation, config.zoom, config.contrast, seed=config.seed))
-    log.info("augmentation in the training model, training only: %s",
-             ", ".join(type(layer).__name__ for layer in trainer.augmentation) or "none")
+    # The model that trains it: the image converter, then `model`; with the
+    # augmentation layers in front when they run in the model. `model`
+    # itself is saved, without augmentation.
+    layers = augmentation.layers(config.seed) if where == "model" else []
+    trainer = augment.Augmented(model, layers)
 
     # Training: two phases, switched with `trainable` flags, the loss
     # class-weighted, backed up as they go (the same command resumes).

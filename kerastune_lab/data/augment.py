@@ -1,54 +1,68 @@
-"""Random image augmentation: inside the training model (`Augmented`, what
-the recipes use), or per batch in the input pipeline (`Augmentation`).
+"""Random image augmentation, where it is cheapest for the device the run is
+on: inside the training model on a GPU or TPU (`Augmented`), per batch in
+the input pipeline on a CPU (`Augmentation`). `choose_where` decides, in
+one place; a recipe's `augment_on` key ("auto", "model", "pipeline")
+overrides it, and `placement` records the choice in config.json.
 
-    # On the accelerator: Keras' random layers in front of the classifier,
-    # in a model used only to train it.
-    trainer = Augmented(model, images.augmentation_layers("horizontal", 0.1, 0.1, seed=1))
+    augmentation = Augmentation(flip="horizontal", rotation=0.1, zoom=0.1)
+    where = placement(config.augment_on, run)          # "model" or "pipeline"
+    data = images.load_image_data(..., augment=augmentation if where == "pipeline" else ())
+    trainer = Augmented(model, augmentation.layers(seed=1) if where == "model" else [])
     two_phase.fine_tune(trainer, data.train_stream, data.val, ...)   # or compile + fit
     run.save_model(model)                    # the classifier itself: no augmentation in it
 
-    # In the input pipeline, on the CPU (a plain `model.fit` on the task):
-    augment = Augmentation(flip="horizontal", rotation=0.1, zoom=0.1)
-    images = augment(images, key)   # uint8 or float32 (batch, h, w, 3) -> float32; key: int64 (2,)
+    # In the input pipeline by hand (a plain `model.fit` on the task):
+    images = augmentation(images, key)  # (batch, h, w, 3) uint8/float32 -> float32; key: int64 (2,)
 
-Why inside the model: on a 2-core machine the input pipeline cannot rotate
-and zoom 224x224 images as fast as a GPU trains on them (a few hundred
-images/s here; a T4 takes 300-400, an H100 over 4,000:
-`benchmarks/input_pipeline.py`). In the training model the augmentation is
-compiled with the train step (XLA on JAX, `tf.function` on TensorFlow) and
-runs on the accelerator, so from the second epoch the input only copies
-cached images into batches. Why a separate training model rather than
-layers inside the KerasHub classifier: the classifier stays a plain KerasHub
-preset (saved, loaded, predicted with and exported as before, by KerasHub
-alone, with no class of this project), and Keras' random layers are only
-called in training. It works the same on JAX, TensorFlow and torch; the
-layers' seed states are variables of the training model, so a backup holds
-them and a resumed run draws the augmentation of the run it continues.
+Why inside the model on an accelerator: a 2-core input pipeline cannot
+rotate and zoom 224x224 images as fast as a GPU trains on them
+(`benchmarks/input_pipeline.py` measures both). In the training model the
+augmentation is compiled with the train step (XLA on JAX, `tf.function` on
+TensorFlow) and runs on the accelerator, so from the second epoch the input
+only copies cached images into batches. Why not on a CPU: there the model
+and the augmentation share the same cores, and Keras' random layers
+resample the image once per layer inside the train step, in line with it;
+`Augmentation` in the pipeline resamples once for all of them, in tf.data's
+threads, beside the step (`benchmarks/overhead.py` compares the recipe
+runner with a plain `fit` that augments in tf.data; docs/benchmarks.md).
+
+Why a separate training model rather than layers inside the KerasHub
+classifier: the classifier stays a plain KerasHub preset (saved, loaded,
+predicted with and exported as before, by KerasHub alone, with no class of
+this project), and Keras' random layers are only called in training. It
+works the same on JAX, TensorFlow and torch; the layers' seed states are
+variables of the training model, so a backup holds them and a resumed run
+draws the augmentation of the run it continues. In the pipeline, a training
+`Stream` augments batch i of epoch e with a key made of (seed, e, i), so a
+resumed run sees the batches of the run it continues there too; a resumed
+run keeps the placement it started with.
 
 `Augmentation` (in the pipeline) is written here rather than taken from
 Keras' `RandomFlip`, `RandomRotation` and `RandomZoom` layers because of
-speed in a tf.data map on a 2-core CPU: the three layers resample the image
-once each (`ImageProjectiveTransformV3`) and ran at about 110 images/s at
-224x224 on this project's machine (under load), while `Augmentation`
-resamples once for all of them, and without a rotation crops and resizes
-each image with `tf.image.resize`, several times faster than the
-projective transform. The same key gives the same augmentation, on every
-backend, so a training `Stream` can augment batch i of epoch e with a key
-made of (seed, e, i) and a resumed run sees the batches of the run it
-continues. The distributions are Keras': an angle uniform in +-`rotation`
-of a full turn, a zoom factor uniform in 1 +- `zoom` (above 1 zooms out),
-the edges filled by reflection (Keras' `fill_mode="reflect"`), a contrast
-factor uniform in 1 +- `contrast` around each image's mean. A rotated uint8
-image is resampled as uint8 (values rounded down, within 1 of float).
+speed in a tf.data map on a CPU: the three layers resample the image once
+each (`ImageProjectiveTransformV3`), while `Augmentation` resamples once for
+all of them, and without a rotation crops and resizes each image with
+`tf.image.resize`, a faster kernel than the projective transform. The
+same key gives the same augmentation, on every backend. The distributions
+are Keras': an angle uniform in +-`rotation` of a full turn, a zoom factor
+uniform in 1 +- `zoom` (above 1 zooms out), the edges filled by reflection
+(Keras' `fill_mode="reflect"`), a contrast factor uniform in 1 +-
+`contrast` around each image's mean. A rotated uint8 image is resampled as
+uint8 (values rounded down, within 1 of float).
 """
 
+import logging
 import math
 
 import keras
 
 from kerastune_lab.data import torch_affine
+from kerastune_lab.errors import KerastuneError
+
+log = logging.getLogger("kerastune_lab")
 
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
+WHERE = ("auto", "model", "pipeline")  # the values of a recipe's `augment_on` key
 
 
 class Augmentation:
@@ -84,6 +98,36 @@ class Augmentation:
 
     def __bool__(self):
         return bool(self.flip or self.rotation or self.zoom or self.contrast)
+
+    def layers(self, seed=None):
+        """The same augmentation as Keras random layers, to run inside a model
+        (`Augmented(model, augmentation.layers(seed))`).
+
+        The layers compute in float32 whatever the dtype policy (rotating in
+        float16 would blur the sampling grid), fill the edges by reflection,
+        and take values 0-255. They are identity at inference
+        (`training=False`).
+
+        Args:
+            seed: int or None. Each layer gets a seed of its own from it (the
+                same seed would draw the same numbers for the flip and the
+                angle). None: from Keras' global seed.
+        """
+        made = []
+
+        def add(cls, *args, **kwargs):
+            own = None if seed is None else seed + 1009 * len(made)
+            made.append(cls(*args, seed=own, dtype="float32", **kwargs))
+
+        if self.flip:
+            add(keras.layers.RandomFlip, self.flip)
+        if self.rotation:
+            add(keras.layers.RandomRotation, self.rotation, fill_mode="reflect")
+        if self.zoom:
+            add(keras.layers.RandomZoom, self.zoom, fill_mode="reflect")
+        if self.contrast:
+            add(keras.layers.RandomContrast, self.contrast, value_range=(0, 255))
+        return made
 
     def __call__(self, images, key):
         """Augments `images` (batch, h, w, c; uint8 or float32, 0-255) with
@@ -121,6 +165,55 @@ class Augmentation:
             mean = tf.reduce_mean(images, axis=(1, 2, 3), keepdims=True)
             images = tf.clip_by_value((images - mean) * factor + mean, 0.0, 255.0)
         return images
+
+
+def choose_where(requested="auto", devices=None):
+    """Where a run's augmentation goes, and why: ("model" or "pipeline", reason).
+
+    "auto" is "model" (inside the training model, compiled with the train
+    step) when the backend trains on a GPU, TPU or Apple GPU, and "pipeline"
+    (tf.data, beside the step) on a CPU alone. "model" / "pipeline" is the
+    user's choice, kept.
+
+    Args:
+        requested: "auto", "model" or "pipeline".
+        devices: list of `backend.Device`, or None for `backend.accelerators()`.
+    """
+    if requested not in WHERE:
+        raise KerastuneError(f"augment_on={requested!r}: expected one of {', '.join(WHERE)}")
+    if requested != "auto":
+        return requested, "set in the config"
+    if devices is None:
+        from kerastune_lab import backend
+
+        devices = backend.accelerators()
+    kinds = sorted({d.kind for d in devices} - {"cpu"})
+    if kinds:
+        return "model", f"auto: {' + '.join(kinds)}, in the compiled train step"
+    return "pipeline", "auto: CPU only, in tf.data beside the train step"
+
+
+def placement(requested, run):
+    """`choose_where` for a recipe run: a resumed run keeps the placement it
+    started with (its batches stay those of the run it continues); the
+    choice goes into config.json ("augment_on") and the log.
+
+    Args:
+        requested: the config's `augment_on`.
+        run: RunDir.
+
+    Returns:
+        "model" or "pipeline".
+    """
+    recorded = run.read_json("config.json").get("augment_on") if run.resumed else None
+    if recorded in WHERE[1:]:
+        where, why = recorded, "the placement the run started with"
+    else:
+        where, why = choose_where(requested)
+    log.info("augmentation: in the %s (%s)",
+             "training model" if where == "model" else "input pipeline", why)
+    run.update_json("config.json", augment_on=where)
+    return where
 
 
 class Augmented(keras.Model):
@@ -194,7 +287,7 @@ def _flip(images, flip_x, flip_y):
 
 def _reflect_pad(images, pad_y, pad_x):
     """Pads (batch, h, w, c) by reflection, edge pixels repeated (Keras'
-    "reflect"), with slices and concatenation: several times faster than
+    "reflect"), with slices and concatenation: faster than
     `tf.pad(mode="SYMMETRIC")` on a CPU."""
     import tensorflow as tf
 

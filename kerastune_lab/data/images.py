@@ -13,10 +13,10 @@ warning that counts them. Keras' `image_dataset_from_directory` does neither
 (it fails on the first bad file) and cannot split stratified, hence this
 module. Images are decoded and resized once and then kept (`cache.py`:
 memory when they fit, else a file), so later epochs only copy them. Random
-augmentation runs inside the training model, on the accelerator
-(`augmentation_layers`, `augment.Augmented`: the recipes), or per batch in
-the input pipeline (`augment=augmentation()`, for a plain `fit` on the
-task). Every dataset has a known number of batches.
+augmentation runs per batch in the input pipeline (`augment=augmentation()`:
+the recipes on a CPU, and a plain `fit` on the task), or inside the training
+model (`augmentation().layers()`, `augment.Augmented`: the recipes on a GPU
+or TPU; `augment.choose_where`). Every dataset has a known number of batches.
 """
 
 import dataclasses
@@ -186,55 +186,21 @@ def decode_uint8(contents, image_size):
 
 
 def augmentation(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0):
-    """Random augmentation for the training data, applied per batch in the
-    input pipeline, on the CPU (an `augment.Augmentation`; see there for the
-    arguments). The recipes augment inside the training model instead
-    (`augmentation_layers` and `augment.Augmented`), which keeps a GPU busy."""
+    """Random augmentation for the training data (an `augment.Augmentation`;
+    see there for the arguments): a loader's `augment=` applies it per batch
+    in the input pipeline; `.layers(seed)` gives the same as Keras layers,
+    to run inside the training model (`augment.Augmented`). The recipes put
+    it where it is cheapest (`augment.choose_where`)."""
     from kerastune_lab.data.augment import Augmentation
 
     return Augmentation(flip, rotation, zoom, contrast)
 
 
 def augmentation_layers(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.0, seed=None):
-    """Returns Keras random-augmentation layers, to run the augmentation
-    inside a model, on the accelerator (`augment.Augmented(model, layers)`;
-    a loader's `augment=` takes them too, but `augmentation()` is several
-    times faster in the input pipeline).
-
-    The layers compute in float32 whatever the dtype policy (rotating in
-    float16 would blur the sampling grid), fill the edges by reflection, and
-    take values 0-255. They are identity at inference (`training=False`).
-
-    Args:
-        flip: str or None. "horizontal", "vertical", "horizontal_and_vertical"
-            or None. Defaults to "horizontal".
-        rotation: float. Largest rotation, as a fraction of a full turn.
-        zoom: float. Largest zoom in or out, as a fraction of the size.
-        contrast: float. Largest contrast change, as a fraction.
-        seed: int or None. Each layer gets a seed of its own from it (the
-            same seed would draw the same numbers for the flip and the
-            angle). None: from Keras' global seed.
-    """
-    import keras
-
-    from kerastune_lab.data.augment import Augmentation
-
-    Augmentation(flip, rotation, zoom, contrast)  # checks the arguments
-    made = []
-
-    def add(cls, *args, **kwargs):
-        own = None if seed is None else seed + 1009 * len(made)
-        made.append(cls(*args, seed=own, dtype="float32", **kwargs))
-
-    if flip:
-        add(keras.layers.RandomFlip, flip)
-    if rotation:
-        add(keras.layers.RandomRotation, rotation, fill_mode="reflect")
-    if zoom:
-        add(keras.layers.RandomZoom, zoom, fill_mode="reflect")
-    if contrast:
-        add(keras.layers.RandomContrast, contrast, value_range=(0, 255))
-    return made
+    """Keras random-augmentation layers, to run the augmentation inside a
+    model (`augment.Augmented(model, layers)`): `augmentation(...).layers(seed)`
+    (see `augment.Augmentation.layers`)."""
+    return augmentation(flip, rotation, zoom, contrast).layers(seed)
 
 
 def pipeline(ds, batch_size):

@@ -5,8 +5,9 @@ own, one gather per interpolation node for the whole batch.
         images = layer(images, training=True)   # RandomZoom use it; elsewhere a no-op
 
 Why: Keras' torch version (keras/src/backend/torch/image.py) loops over the
-batch in Python and resamples each image by a generic `map_coordinates`: 3
-images/s at 224x224 on a 2-core CPU, and one image at a time on a GPU.
+batch in Python and resamples each image by a generic `map_coordinates`,
+one image at a time, on a GPU too (`benchmarks/input_pipeline.py --backend
+torch` times the layers; figures in docs/benchmarks.md).
 Not `torch.nn.functional.grid_sample`: its "reflection" reflects the
 coordinate before interpolating, Keras reflects the pixel indices after
 (they differ from a pixel outside the image on), and it has no "wrap".

@@ -113,8 +113,8 @@ def _frozen_gc():
     (`gc.freeze`). Keras runs a full `gc.collect()` for every variable a
     quantizing layer drops (`Layer.__delattr__`), hundreds in a 7B model,
     and each went over every object of the runtime (TensorFlow, JAX, Keras):
-    35 of 62 s of a 2-layer 7B-width load here. The objects made inside are
-    collected as before."""
+    over half of a 7B-width load's time (`benchmarks/load_memory.py`). The
+    objects made inside are collected as before."""
     gc.freeze()
     try:
         yield
