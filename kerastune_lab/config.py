@@ -13,6 +13,12 @@ A key's valid range is declared once, beside its default, with `setting`:
 
 and every value is checked against it after the overrides apply
 (`validate`), before anything runs: `epochs=-1` is a one-line error.
+
+`read_overrides` is the one reader of overrides: `kerastune run` calls it
+before Keras loads, on the keys `recipe_file` reads from the recipe's
+source, and the run calls it again (`apply_overrides`) on the imported
+`Config`'s keys. A key a recipe used to have (`RENAMED`: `dtype`,
+`mixed_precision`) is refused with the line that names its replacement.
 """
 
 import ast
@@ -28,6 +34,42 @@ _FALSE = {"false", "no", "off"}
 
 
 _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+UNKNOWN = object()  # a key's type where a recipe's source does not spell it (recipe_file)
+
+# Keys that recipes used to have, and what to write instead: an old key on the
+# command line is refused with this line where the recipe has the new key.
+_PRECISIONS = "auto, float32, mixed_bfloat16 or mixed_float16"
+RENAMED = {
+    "dtype": ("precision", f"precision={_PRECISIONS}"),
+    "mixed_precision": ("precision", "precision=mixed_bfloat16 (mixed_float16 on a T4, P100 "
+                        "or V100) for mixed_precision=true, precision=float32 for false"),
+    "mixed_precision_dtype": ("precision", "precision=mixed_bfloat16 or mixed_float16"),
+}
+
+
+@dataclasses.dataclass
+class Key:
+    """One key of a recipe's `Config`: what `read_overrides` checks a value
+    against. `keys_of` reads them from the dataclass; `recipe_file.read` from
+    the recipe's source (its `Field` adds the text shown by `--help`).
+
+    Args:
+        name: str.
+        annotation: a type, or `UNKNOWN`.
+        bounds: dict. {"ge"|"gt"|"le"|"lt": number}, as `setting` declares.
+        choices: tuple or None. As `setting` declares.
+    """
+
+    name: str
+    annotation: object = UNKNOWN
+    bounds: dict = dataclasses.field(default_factory=dict)
+    choices: tuple = None
+
+    @property
+    def metadata(self):
+        """The `setting` metadata, for `check_range`/`expected_range`."""
+        return {"bounds": self.bounds, "choices": self.choices}
 
 
 def setting(default, *, ge=None, gt=None, le=None, lt=None, choices=None):
@@ -182,29 +224,68 @@ def parse_override(item):
     return key, text
 
 
+def read_overrides(keys, overrides):
+    """The one reader of `KEY=VALUE` overrides: the precheck before Keras
+    loads (`recipe_file.check_overrides`, with the keys read from the
+    recipe's source) and the run (`apply_overrides`, with the keys of the
+    imported `Config`) both call it, so both accept and refuse the same
+    overrides with the same words.
+
+    Args:
+        keys: {name: `Key`}: each key's type (`UNKNOWN` where the recipe's
+            source does not spell it) and declared range (see `setting`).
+        overrides: dict or list of 'key=value' strings. A dict's values are
+            already typed and are checked the same way.
+
+    Returns:
+        {key: value}, typed; a key of `UNKNOWN` type keeps its text (the run
+        reads it again with the imported type).
+
+    Raises:
+        KerastuneError: one line, for an unknown or renamed key, a value of
+            the wrong type or outside the key's declared range.
+    """
+    items = (list(overrides.items()) if isinstance(overrides, dict)
+             else [parse_override(item) for item in overrides])
+    values = {}
+    for key, value in items:
+        if key not in keys:
+            new = RENAMED.get(key)
+            if new and new[0] in keys:  # the recipe has the key that replaced it
+                raise KerastuneError(f"config key {key!r} is now {new[0]!r}: use {new[1]}")
+            raise KerastuneError(
+                f"unknown config key {key!r}{closest(key, keys)}; "
+                f"known keys: {', '.join(keys)}"
+            )
+        text = value if isinstance(value, str) else repr(value)
+        annotation = getattr(keys[key], "annotation", UNKNOWN)
+        if annotation is UNKNOWN:
+            values[key] = text
+            continue
+        values[key] = coerce(key, text, annotation)
+        check_range(key, values[key], keys[key])
+    return values
+
+
+def keys_of(config):
+    """{name: Key} of a config dataclass (instance or class): each field's
+    type and declared range, as `read_overrides` takes them."""
+    return {f.name: Key(f.name, annotation, dict(f.metadata.get("bounds") or {}),
+                        f.metadata.get("choices"))
+            for f, annotation in zip(dataclasses.fields(config),
+                                     config_fields(config).values())}
+
+
 def apply_overrides(config, overrides):
-    """Returns a copy of `config` with overrides applied.
+    """Returns a copy of `config` with overrides applied (`read_overrides`),
+    every value then checked against its declared range (`validate`).
 
     Args:
         config: a dataclass instance. The recipe's config.
         overrides: dict or list of 'key=value' strings. A dict's values are
             already typed and are checked the same way.
     """
-    fields = config_fields(config)
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = [parse_override(item) for item in overrides]
-    changes = {}
-    for key, value in items:
-        if key not in fields:
-            raise KerastuneError(
-                f"unknown config key {key!r}{closest(key, fields)}; "
-                f"known keys: {', '.join(fields)}"
-            )
-        text = value if isinstance(value, str) else repr(value)
-        changes[key] = coerce(key, text, fields[key])
-    config = dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **read_overrides(keys_of(config), overrides))
     validate(config)
     return config
 

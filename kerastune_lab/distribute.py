@@ -15,6 +15,12 @@ weight is created where it belongs:
     keras.distribution.set_distribution(dist)
     model = keras_hub.models.CausalLM.from_preset(...)
 
+(`preset_distribution(mode, preset)` reads the backbone from the preset, and
+`scope(dist)` sets it for a block only.) A batch split over the devices must
+be whole on each: `batch_shards` says over how many devices it splits and
+checks the batch size, `fill_windows` makes every batch of packed windows
+whole, `call_filled` fills a list of prompts for generation.
+
 Weights that the layout map does not name (LoRA factors, norms, biases) are
 replicated on every device: LoRA factors are small, so each device keeps a
 whole copy and no collective is needed to apply them.
@@ -153,6 +159,25 @@ def make_distribution(mode, backbone_cls=None, model_parallel=None, backbone_con
     return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
 
 
+def preset_distribution(mode, preset, model_parallel=None):
+    """`make_distribution(mode, ...)` for a KerasHub preset: for "model", the
+    layout map of the preset's backbone, checked against its config (read
+    from the preset's config alone: no weights load).
+
+    Args:
+        mode: str. One of "none", "data", "model".
+        preset: str. A preset name, handle or folder.
+        model_parallel: int or None (0 as None). As `make_distribution`.
+    """
+    backbone_cls, backbone_config = preset_backbone(preset) if mode == "model" else (None, None)
+    return make_distribution(mode, backbone_cls, model_parallel or None, backbone_config)
+
+
+def scope(distribution):
+    """`distribution.scope()`, or a scope that does nothing for None."""
+    return distribution.scope() if distribution is not None else contextlib.nullcontext()
+
+
 def remat_scope(mode="none"):
     """Returns a context manager that turns on rematerialisation while the
     model is built: activations are recomputed in the backward pass instead
@@ -168,3 +193,50 @@ def remat_scope(mode="none"):
     import keras
 
     return keras.RematScope(mode=mode)
+
+
+# --- Batches that split evenly over the devices ---
+
+
+def batch_shards(distribution, batch_size=None):
+    """How many parts a batch is split into: the devices on the batch axis of
+    `distribution` (1 without one). With `batch_size`, checks that it splits
+    evenly over them (a one-line `KerastuneError` if not)."""
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    shards = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+    if batch_size is not None and batch_size % shards:
+        mode = "data" if type(distribution).__name__ == "DataParallel" else "model"
+        raise KerastuneError(f"batch_size={batch_size}: expected a multiple of the {shards} "
+                             f"devices on the batch axis (distribute={mode})")
+    return shards
+
+
+def fill_windows(packed, batch_size, shards):
+    """`packed` (`data.packing.Packed`) with copies of its first windows,
+    weighted 0, added up to a multiple of `batch_size` windows when batches
+    split over `shards` > 1 devices (every batch whole); the added windows
+    change no loss and no perplexity. `packed` itself with one shard."""
+    import dataclasses
+
+    import numpy as np
+
+    extra = -len(packed.token_ids) % batch_size if shards > 1 else 0
+    if not extra:
+        return packed
+    rows = np.arange(extra) % len(packed.token_ids)
+    return dataclasses.replace(
+        packed, token_ids=np.concatenate([packed.token_ids, packed.token_ids[rows]]),
+        segment_ids=np.concatenate([packed.segment_ids, packed.segment_ids[rows]]),
+        weights=np.concatenate([packed.weights, np.zeros_like(packed.weights[rows])]))
+
+
+def call_filled(fn, items, shards):
+    """`fn(items)` with `items` (a list, e.g. prompts) filled up to a multiple
+    of `shards` with copies of its first, so the batch splits over the
+    devices; the results of the copies are dropped. [] for no items."""
+    if not items:
+        return []
+    filled = list(items) + [items[0]] * (-len(items) % shards)
+    return fn(filled)[:len(items)]

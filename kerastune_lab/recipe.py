@@ -7,8 +7,10 @@ A recipe is a Python file with
                     preset and small generated data in the real layout)
 
 `run_recipe` applies `--smoke`, then the command line's `key=value`
-overrides, makes the run directory, writes `config.json`, calls `main`,
-plots the training curves and marks the run finished.
+overrides, makes the run directory, writes `config.json`, chooses the run's
+settings (`run.settings`: precision, jit_compile, TensorBoard folder;
+`training.run_settings`), calls `main` under that precision, plots the
+training curves and marks the run finished.
 
 An unfinished run directory of the same recipe, backend and config is
 resumed: `main` runs again, and its `resume.Backup` callbacks restore the
@@ -121,9 +123,11 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
         with resume.handle_interrupts():
             if hasattr(cfg, "seed"):
                 keras.utils.set_random_seed(cfg.seed)
-            from kerastune_lab.training import recipe_settings
+            from kerastune_lab.training import dtype_policy, run_settings
 
-            with recipe_settings(cfg, run):  # dtype policy, TensorBoard logs
+            # precision, jit_compile, TensorBoard folder: chosen once, handed down
+            run.settings = run_settings(cfg, run)
+            with dtype_policy(run.settings.precision):
                 module.main(cfg, run)
             if os.path.exists(run.file("history.csv")):
                 from kerastune_lab.evaluate import plot_history

@@ -6,8 +6,10 @@ declared range, a `data=` path, the run folder (`precheck`). `kerastune run
 RECIPE --help` prints the recipe's launch lines and every config key with
 its type, default and comment (`help_text`). Both read the recipe's source
 with `ast` (the file is parsed, not executed, so nothing it imports loads)
-and use `config.py`'s own rules; the full check runs again once the recipe
-is imported (`recipe.resolve_config`).
+into `config.Key`s; the overrides are then checked by the reader the run
+itself uses, `config.read_overrides`, so the precheck and the run accept and
+refuse the same overrides with the same words (the run reads them again,
+from the imported `Config`, to build it).
 
 A field's default is read when it is a Python literal or
 `setting(literal, ge=..., choices=...)`; anything else (a computed default,
@@ -25,7 +27,7 @@ import typing
 from kerastune_lab import config as config_lib
 from kerastune_lab.errors import KerastuneError
 
-UNKNOWN = object()  # a default or annotation the file does not spell as a literal
+UNKNOWN = config_lib.UNKNOWN  # a default or annotation the file does not spell as a literal
 
 # The names an annotation may use: builtin types, and typing's generics (bare
 # or as `typing.X`). Annotations are built from these by `_annotation`,
@@ -40,22 +42,15 @@ _SETTING_KEYS = ("ge", "gt", "le", "lt", "choices")
 
 
 @dataclasses.dataclass
-class Field:
-    """One key of a recipe's `Config`, as written in the file."""
+class Field(config_lib.Key):
+    """One key of a recipe's `Config`, as written in the file: the
+    `config.Key` that `config.read_overrides` checks overrides against, and
+    the text `--help` shows."""
 
-    name: str
-    type_text: str
-    annotation: object = UNKNOWN  # the type, when made of builtin types
+    type_text: str = ""
     default_text: str = ""
     default: object = UNKNOWN
-    bounds: dict = dataclasses.field(default_factory=dict)
-    choices: tuple = None
     comment: str = ""
-
-    @property
-    def metadata(self):
-        """The `setting` metadata, for `config.check_range`/`expected_range`."""
-        return {"bounds": self.bounds, "choices": self.choices}
 
 
 @dataclasses.dataclass
@@ -147,9 +142,9 @@ def _annotation(node, depth=0):
 def _field(node, comments, constants):
     value = node.value
     annotation = _annotation(node.annotation)
-    field = Field(node.target.id, ast.unparse(node.annotation),
-                  UNKNOWN if annotation is Ellipsis else annotation,
-                  ast.unparse(value) if value is not None else "",
+    field = Field(node.target.id, UNKNOWN if annotation is Ellipsis else annotation,
+                  type_text=ast.unparse(node.annotation),
+                  default_text=ast.unparse(value) if value is not None else "",
                   comment=comments.get(node.end_lineno, ""))
     call = value if isinstance(value, ast.Call) else None
     name = call and (getattr(call.func, "id", None) or getattr(call.func, "attr", None))
@@ -235,26 +230,21 @@ def _data_path(text):
 
 
 def check_overrides(recipe, overrides, smoke=False):
-    """Checks `KEY=VALUE` overrides against the fields read from the file:
-    known key, type, declared range, and that a `data=` path exists."""
+    """Checks `KEY=VALUE` overrides against the fields read from the file with
+    the run's own reader (`config.read_overrides`: known key, type, declared
+    range), and that a `data=` path exists. A key whose type the file does
+    not spell (`UNKNOWN`) keeps its text here, and the run's reading of it,
+    with the imported type, is its check; a file with no `Config` class to
+    read leaves every key to the run."""
     if smoke and not recipe.has_smoke:
         raise KerastuneError(f"recipe {recipe.name!r} has no smoke() settings")
     if not recipe.fields:
         return
-    for item in overrides:
-        key, text = config_lib.parse_override(item)
-        field = recipe.fields.get(key)
-        if field is None:
-            raise KerastuneError(
-                f"unknown config key {key!r}{config_lib.closest(key, recipe.fields)}; "
-                f"known keys: {', '.join(recipe.fields)}")
-        if field.annotation is UNKNOWN:
-            continue
-        value = config_lib.coerce(key, text, field.annotation)
-        config_lib.check_range(key, value, field)
-        path = _data_path(value) if key == "data" else None
-        if path is not None and not os.path.exists(path):
-            raise KerastuneError(f"data folder or file {path!r} does not exist (data={text})")
+    values = config_lib.read_overrides(recipe.fields, overrides)
+    path = _data_path(values["data"]) if "data" in values else None
+    if path is not None and not os.path.exists(path):
+        raise KerastuneError(f"data folder or file {path!r} does not exist "
+                             f"(data={dict(map(config_lib.parse_override, overrides))['data']})")
 
 
 def check_output_dir(path, overwrite=False):

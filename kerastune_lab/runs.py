@@ -50,6 +50,7 @@ from kerastune_lab.run_guard import (  # noqa: F401  (part of this module's API)
     is_run,
     lock_holder,
 )
+from kerastune_lab.settings import RunSettings
 
 REPLACED = ".replaced"  # suffix of a run set aside by --overwrite
 # A run directory is refused when its disk has less free space than this (MB);
@@ -193,6 +194,9 @@ class RunDir:
         self.path = normal_path(path)
         self.resumed = False  # an unfinished run, reused by `create(resume=...)`
         self.lock = None  # the `RunLock` of a run made by `create`, until `release`
+        # What the runner chose for the run (precision, jit_compile, TensorBoard
+        # folder): `training.run_settings` under `kerastune run`, set before main.
+        self.settings = RunSettings()
 
     def __repr__(self):
         return f"RunDir({self.path!r})"

@@ -8,19 +8,22 @@ the (epoch, step) of its phase, takes that epoch's batches from that step of a
 callbacks. Written once here, so that no recipe can resume with a mismatched
 `initial_epoch`.
 
-Every `fit_resumable` of a recipe run also writes TensorBoard logs into
-`<run>/tensorboard/` (`recipe_settings` names the folder): scalars per epoch
-(`epoch_loss`, ..., `epoch_learning_rate`, validation in `validation/`) and
-about 50 times an epoch (`batch_loss`, ...). Their steps count the batches of
-the whole run, so a second phase or a resumed run continues the curves.
-
-`recipe_settings` also sets the Keras dtype policy from the config's
-`precision` before the recipe builds its model: "auto" picks it from the
-accelerator (`backend.auto_precision`); the choice goes into `config.json`
-and the log. And it takes the config's `jit_compile` key (where a recipe
-has one) for `choose_jit_compile`, which both compile helpers
-(`finetune.two_phase.compile_classifier`, `finetune.causal_lm.compile_causal_lm`)
-ask for `model.compile(jit_compile=...)`.
+`run_settings(config, run)` is what the runner decides for a recipe run, once,
+as one `settings.RunSettings` handed to the recipe as `run.settings`:
+- the dtype policy of the config's `precision` ("auto" picks it from the
+  accelerator: `backend.auto_precision`; a resumed run keeps the one it
+  started in), recorded in `config.json` and the log; the runner sets it
+  around `main` with `dtype_policy` and puts the previous one back;
+- the `jit_compile` of the config's key (`choose_jit_compile`), which the
+  recipe passes to the compile helpers
+  (`finetune.two_phase.compile_classifier`, `finetune.causal_lm.compile_causal_lm`);
+- the run's `tensorboard/` folder, which the recipe passes to
+  `fit_resumable(tensorboard=...)`: scalars per epoch (`epoch_loss`, ...,
+  `epoch_learning_rate`, validation in `validation/`) and about 50 times an
+  epoch (`batch_loss`, ...). Their steps count the batches of the whole
+  run, so a second phase or a resumed run continues the curves.
+No setting is read from a module global: a notebook making the same calls
+with the same arguments trains the same way.
 
 Keras' `CSVLogger` appends to its file as it goes, so a crash can leave a
 half-written line; `HistoryWriter` rewrites `history.csv` atomically at each
@@ -93,7 +96,6 @@ class HistoryWriter(keras.callbacks.Callback):
 
 
 TENSORBOARD_DIR = "tensorboard"
-_run_tensorboard = None  # the folder of the recipe run in progress (recipe_settings)
 
 JIT_COMPILE = ("auto", "true", "false")  # the values of a recipe's `jit_compile` key
 # What "auto" means on torch: eager. torch.compile (jit_compile=True) won on
@@ -101,10 +103,9 @@ JIT_COMPILE = ("auto", "true", "false")  # the values of a recipe's `jit_compile
 # 1.2x, the others even or slower on a CPU; README, "The torch backend
 # beside plain torch").
 TORCH_AUTO_JIT_COMPILE = False
-_run_jit_compile = None  # the `jit_compile` key of the recipe run in progress
 
 
-def choose_jit_compile(requested=None, backend_name=None):
+def choose_jit_compile(requested="auto", backend_name=None):
     """The `jit_compile` argument of the recipes' `model.compile`.
 
     "auto" is Keras' own "auto" on jax and tensorflow (XLA where Keras
@@ -112,15 +113,13 @@ def choose_jit_compile(requested=None, backend_name=None):
     on torch. "true" / "false" (or a bool) is the user's choice, passed on.
 
     Args:
-        requested: "auto", "true", "false", a bool, or None: the run's
-            `jit_compile` key inside `recipe_settings`, else "auto".
+        requested: "auto", "true", "false" (a recipe's `jit_compile` key) or
+            a bool.
         backend_name: str or None. Defaults to Keras' backend.
 
     Returns:
         True, False or "auto".
     """
-    if requested is None:
-        requested = "auto" if _run_jit_compile is None else _run_jit_compile
     if isinstance(requested, bool):
         return requested
     if requested not in JIT_COMPILE:
@@ -218,16 +217,8 @@ def tensorboard_callback(log_dir, epoch=0, step=0, steps_per_epoch=None):
 
 
 def _precision(config, run):
-    """(policy, why) for the run, from `config.precision` (and the older
-    `mixed_precision`/`mixed_precision_dtype` keys); None without such keys."""
+    """(policy, why) for the run from `config.precision`; None without the key."""
     requested = getattr(config, "precision", None)
-    if getattr(config, "mixed_precision", False):
-        legacy = f"mixed_{getattr(config, 'mixed_precision_dtype', 'bfloat16')}"
-        if requested not in (None, "auto", legacy):
-            raise KerastuneError(
-                f"mixed_precision=true and precision={requested} disagree: set precision= "
-                "only (auto, float32, mixed_bfloat16 or mixed_float16)")
-        return legacy, "mixed_precision=true"
     if requested is None:
         return None
     recorded = run.read_json("config.json").get("precision") if run.resumed else None
@@ -236,34 +227,41 @@ def _precision(config, run):
     return backend.choose_precision(requested, backend.accelerators())
 
 
-@contextlib.contextmanager
-def recipe_settings(config, run):
-    """Around a recipe's `main`: sets the dtype policy of `config.precision`
-    (recorded in config.json as "precision" and "accelerator", and logged),
-    has every `fit_resumable` write TensorBoard logs into the run, and
-    `choose_jit_compile` read `config.jit_compile` (where the config has
-    it). All are put back afterwards.
+def run_settings(config, run):
+    """The `settings.RunSettings` of a recipe run: the dtype policy of
+    `config.precision` (recorded in config.json as "precision" and
+    "accelerator", and logged), the `jit_compile` of `config.jit_compile`
+    (where the config has these keys), and the run's TensorBoard folder.
 
     Args:
         config: the recipe's Config.
         run: RunDir.
     """
-    global _run_tensorboard, _run_jit_compile
-    previous = keras.mixed_precision.global_policy(), _run_tensorboard, _run_jit_compile
+    from kerastune_lab.settings import RunSettings
+
+    policy = None
+    chosen = _precision(config, run)
+    if chosen is not None:
+        policy, why = chosen
+        accelerator = backend.describe(backend.accelerators())
+        log.info("precision: %s (%s); accelerator: %s", policy, why, accelerator)
+        run.update_json("config.json", precision=policy, accelerator=accelerator)
+    return RunSettings(precision=policy,
+                       jit_compile=choose_jit_compile(getattr(config, "jit_compile", "auto")),
+                       tensorboard=run.file(TENSORBOARD_DIR))
+
+
+@contextlib.contextmanager
+def dtype_policy(policy):
+    """Keras' global dtype policy set to `policy` (a name; None leaves it)
+    inside the block, the previous one put back after it."""
+    previous = keras.mixed_precision.global_policy()
     try:
-        _run_jit_compile = getattr(config, "jit_compile", None)
-        chosen = _precision(config, run)
-        if chosen is not None:
-            policy, why = chosen
+        if policy is not None:
             keras.mixed_precision.set_global_policy(policy)
-            accelerator = backend.describe(backend.accelerators())
-            log.info("precision: %s (%s); accelerator: %s", policy, why, accelerator)
-            run.update_json("config.json", precision=policy, accelerator=accelerator)
-        _run_tensorboard = run.file(TENSORBOARD_DIR)
         yield
     finally:
-        keras.mixed_precision.set_global_policy(previous[0])
-        _run_tensorboard, _run_jit_compile = previous[1:]
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=0,
@@ -283,9 +281,9 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
             into `history.csv`).
         first_epoch: int. Where the phase starts without a backup.
         callbacks: list of Keras callbacks.
-        tensorboard: str, False or None. A folder for TensorBoard logs
-            (`TensorBoard`), False for none. Defaults to the run's
-            `tensorboard/` inside `recipe_settings`, else none.
+        tensorboard: str or None. A folder for TensorBoard logs
+            (`TensorBoard`; a recipe passes `run.settings.tensorboard`), None
+            for none.
         **fit_kwargs: for `model.fit` (`validation_data`, `class_weight`,
             `y`, ...). `verbose` defaults to `fit_verbosity()`.
 
@@ -313,9 +311,8 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
     elif step:
         raise ValueError("resuming mid-epoch needs the training data as a data.stream.Stream "
                          "(a loader's `data.train_stream`)")
-    log_dir = _run_tensorboard if tensorboard is None else tensorboard
-    if log_dir:  # first: a later callback may stop the fit at a batch's end
-        callbacks.insert(0, tensorboard_callback(log_dir, epoch, step,
+    if tensorboard:  # first: a later callback may stop the fit at a batch's end
+        callbacks.insert(0, tensorboard_callback(tensorboard, epoch, step,
                                                  fit_kwargs.get("steps_per_epoch")))
     fit_kwargs.setdefault("verbose", fit_verbosity())
     if hasattr(train, "element_spec"):  # a tf.data pipeline, shuffled already (a Stream's is)

@@ -116,7 +116,8 @@ def main(config, run):
         trainer, data.train_stream, data.val,
         head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
         epochs=config.epochs, learning_rate=config.learning_rate,
-        callbacks=[history],
+        callbacks=[history], jit_compile=run.settings.jit_compile,
+        tensorboard=run.settings.tensorboard,
         train_batchnorm=config.train_batchnorm, backup=Backup(run, config.save_every_steps),
     )
 

@@ -22,13 +22,10 @@ import dataclasses
 import logging
 import os
 
-import keras
-
 from kerastune_lab import testing
 from kerastune_lab.classifier import TextClassifierPipeline
 from kerastune_lab.config import setting
 from kerastune_lab.data import text
-from kerastune_lab.errors import KerastuneError
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune.two_phase import compile_classifier
@@ -56,8 +53,6 @@ class Config:
     batch_size: int = setting(16, ge=1)
     epochs: int = setting(2, ge=1)
     learning_rate: float = setting(3e-5, gt=0)  # Adam; low, to keep what the encoder knows
-    mixed_precision: bool = False  # GPU: compute in 16 bits, keep weights in float32
-    mixed_precision_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"))  # bfloat16: Ampere and later, TPU; float16: older GPUs
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
     jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
@@ -83,19 +78,6 @@ def smoke():
 
 
 def main(config, run):
-    previous = keras.mixed_precision.global_policy()
-    if config.mixed_precision:
-        if config.mixed_precision_dtype not in ("bfloat16", "float16"):
-            raise KerastuneError(f"mixed_precision_dtype={config.mixed_precision_dtype!r}: "
-                                 "expected 'bfloat16' or 'float16'")
-        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision_dtype}")
-    try:
-        _main(config, run)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-def _main(config, run):
     import keras_hub
 
     # Preset first: an unknown name, a gated model or no network fails here,
@@ -128,9 +110,10 @@ def _main(config, run):
 
     # Training: everything at once, at a low learning rate, from where the
     # backup of an interrupted run left off, if any.
-    compile_classifier(model, config.learning_rate)
+    compile_classifier(model, config.learning_rate, jit_compile=run.settings.jit_compile)
     fit_resumable(model, data.train_stream, config.epochs, Backup(run, config.save_every_steps),
-                  callbacks=[HistoryWriter(run)], validation_data=data.val)
+                  callbacks=[HistoryWriter(run)], validation_data=data.val,
+                  tensorboard=run.settings.tensorboard)
 
     # Evaluation: accuracy, per-class report, confusion matrix and curves, on the test set.
     classifier = TextClassifierPipeline(model, class_names, config.batch_size)

@@ -4,7 +4,7 @@ adapter over an int8 base; the run keeps the adapter (a few MB), not the base.
 Launch:
     kerastune run lora_chat --smoke                                # tiny Llama, offline, ~30 s on CPU
     kerastune run lora_chat                                        # llama2_7b_en, int8 base, rank 8 on q/v
-    kerastune run lora_chat preset=llama3.2_1b quantize=none dtype=float32
+    kerastune run lora_chat preset=llama3.2_1b quantize=none precision=float32
     kerastune run lora_chat lora_rank=16 lora_alpha=32 lora_targets=all
     kerastune run lora_chat lora_targets=query,key,value,attention_output quantize=int4
     kerastune run lora_chat --backend jax distribute=data                   # every device
@@ -24,7 +24,7 @@ perplexity, generations) and changed where LoRA differs:
   quantized as they are read, so the float base is never whole in memory
   (one layer at a time). This holds for KerasHub-format presets (Kaggle
   handles such as llama2_7b_en, save_to_preset folders); an hf:// checkpoint
-  is loaded in `dtype` and then quantized. Measured on CPU only: on the tiny
+  is loaded in `precision` and then quantized. Measured on CPU only: on the tiny
   test presets the result equals from_preset + quantize exactly; the 7B
   peak memory on a 16 GB GPU has not been measured (no GPU was available).
 - then `enable_lora` (standard factorisation, `kerastune_lab.finetune.lora`)
@@ -44,7 +44,6 @@ ends each turn with `{eos}`, the tokenizer's own end token (`</s>` for Llama,
 `<|endoftext|>` for GPT-2).
 """
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -52,8 +51,14 @@ import os
 from kerastune_lab import testing
 from kerastune_lab.config import setting
 from kerastune_lab.data import chat
-from kerastune_lab.distribute import make_distribution, preset_backbone, remat_scope
-from kerastune_lab.errors import KerastuneError
+from kerastune_lab.distribute import (
+    batch_shards,
+    call_filled,
+    fill_windows,
+    preset_distribution,
+    remat_scope,
+    scope,
+)
 from kerastune_lab.evaluate import REPORT_PROMPTS, chat_metrics, chat_report, perplexity
 from kerastune_lab.finetune import lora
 from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
@@ -91,7 +96,7 @@ class Config:
     overlong: str = setting("truncate", choices=("truncate", "drop", "error"))  # what to do with an example longer than a window
     max_examples: int = setting(0, ge=0)  # train on the first N conversations only; 0 for all
     quantize: str = setting("int8", choices=QUANTIZE)  # the frozen base: int8 is weight-only
-    dtype: str = setting("bfloat16", choices=("bfloat16", "float16", "float32"))  # float dtype of the base (weights read in it, unquantized layers kept in it)
+    precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # the base's float layers and the compute; auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     lora_rank: int = setting(8, ge=1)  # r of A: (d_in, r), B: (r, d_out)
     lora_alpha: float = setting(16.0, gt=0)  # the update is scaled by alpha / rank (peft's usual 2 x rank)
     lora_targets: str = "query,value"  # comma-separated layer names/patterns, "attention" or "all" (every projection)
@@ -117,7 +122,7 @@ def smoke():
         "preset": testing.tiny_preset("llama"),
         "max_examples": 32,
         "sequence_length": 160,
-        "dtype": "float32",
+        "precision": "float32",
         "lora_rank": 4,
         "lora_alpha": 8.0,
         "batch_size": 8,
@@ -138,9 +143,6 @@ def main(config, run):
 
     # Settings and data first, so that bad input fails before a large download.
     chat.check_settings(config.template, config.loss_on, config.overlong)
-    if config.quantize not in QUANTIZE:
-        raise KerastuneError(f"quantize={config.quantize!r}: expected one of "
-                             f"{', '.join(QUANTIZE)}")
     sampler = make_sampler(config.sampler, config.temperature, seed=config.seed)
     conversations, heldout_conversations = chat.read_conversations(
         config.data, config.heldout_data, config.max_examples)
@@ -151,20 +153,13 @@ def main(config, run):
 
     # Devices: the distribution is set before the model is built, so each
     # weight is created where it belongs.
-    backbone_cls, backbone_config = (preset_backbone(preset) if config.distribute == "model"
-                                     else (None, None))
-    distribution = make_distribution(config.distribute, backbone_cls,
-                                     config.model_parallel or None, backbone_config)
-    shards = batch_shards(distribution)
-    if config.batch_size % shards:
-        raise KerastuneError(f"batch_size={config.batch_size}: expected a multiple of the "
-                             f"{shards} devices on the batch axis (distribute="
-                             f"{config.distribute})")
-    with distribution.scope() if distribution else contextlib.nullcontext():
+    distribution = preset_distribution(config.distribute, preset, config.model_parallel)
+    shards = batch_shards(distribution, config.batch_size)  # devices a batch splits over
+    with scope(distribution):
         # Model: the base quantized while it loads, then LoRA on the targets.
         with remat_scope(config.remat):
             model = load_quantized(keras_hub.models.CausalLM, preset, config.quantize,
-                                   dtype=config.dtype)
+                                   dtype=run.settings.precision)
             lora.enable_lora(model, config.lora_rank, config.lora_alpha,
                              lora_targets(config.lora_targets))
         check_sequence_length(config.sequence_length, preset, config.preset, model=model)
@@ -179,18 +174,17 @@ def main(config, run):
             conversations, heldout_conversations, template, config.sequence_length,
             config.loss_on, config.pack, config.overlong,
             sources=(f"chat data {config.data!r}", f"chat data {config.heldout_data!r}"))
-        if shards > 1:  # every batch whole, so that it splits over the devices
-            train = fill_windows(train, config.batch_size)
-            heldout = fill_windows(heldout, config.batch_size)
+        train, heldout = (fill_windows(p, config.batch_size, shards) for p in (train, heldout))
         heldout_inputs = chat.model_inputs(heldout)
 
         # Training setup: only the LoRA factors are trainable.
-        compile_causal_lm(model, config.learning_rate, config.weight_decay)
+        compile_causal_lm(model, config.learning_rate, config.weight_decay,
+                          jit_compile=run.settings.jit_compile)
         generator = ChatGenerator(model, template, sampler, config.max_length)
         prompts = REPORT_PROMPTS[:config.report_prompts]
 
         # Evaluation before tuning (B = 0: the base alone).
-        before = replies(generator, prompts, shards)
+        before = call_filled(generator.replies, prompts, shards)
         perplexity_before = perplexity(model, *heldout_inputs, batch_size=config.batch_size)
         log.info("held-out perplexity before tuning: %.2f", perplexity_before)
 
@@ -198,11 +192,11 @@ def main(config, run):
         # where the backup (trainable weights: the adapter) left off, if any.
         fit_packed(model, train, heldout, config.batch_size, config.epochs, config.seed,
                    backup=Backup(run, config.save_every_steps, weights="trainable"),
-                   callbacks=[HistoryWriter(run)])
+                   callbacks=[HistoryWriter(run)], tensorboard=run.settings.tensorboard)
 
         # Evaluation after tuning.
         perplexity_after = perplexity(model, *heldout_inputs, batch_size=config.batch_size)
-        after = replies(generator, prompts, shards)
+        after = call_filled(generator.replies, prompts, shards)
         log.info("held-out perplexity after tuning: %.2f", perplexity_after)
 
         # Saving: the adapter (not the base), the template, metrics, the report.
@@ -218,37 +212,6 @@ def main(config, run):
         lora_layers=len(lora.lora_state(model).layers))
     run.write_json("metrics.json", metrics)
     run.write_text("report.md", report(config, metrics, prompts, before, after))
-
-
-def batch_shards(distribution):
-    """How many parts a batch is split into: devices on the batch axis (1 without)."""
-    if distribution is None:
-        return 1
-    mesh = distribution.device_mesh
-    return mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
-
-
-def fill_windows(packed, multiple):
-    """`packed` with copies of its first windows, weighted 0, added up to a
-    multiple of `multiple` windows: they change no loss and no perplexity."""
-    import numpy as np
-
-    extra = -len(packed.token_ids) % multiple
-    if not extra:
-        return packed
-    rows = np.arange(extra) % len(packed.token_ids)
-    return dataclasses.replace(
-        packed, token_ids=np.concatenate([packed.token_ids, packed.token_ids[rows]]),
-        segment_ids=np.concatenate([packed.segment_ids, packed.segment_ids[rows]]),
-        weights=np.concatenate([packed.weights, np.zeros_like(packed.weights[rows])]))
-
-
-def replies(generator, prompts, shards):
-    """`generator.replies(prompts)`, the batch filled up to a multiple of `shards`."""
-    if not prompts:  # report_prompts=0
-        return []
-    filled = prompts + [prompts[0]] * (-len(prompts) % shards)
-    return generator.replies(filled)[:len(prompts)]
 
 
 def report(config, metrics, prompts, before, after):

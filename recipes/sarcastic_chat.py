@@ -102,7 +102,8 @@ def main(config, run):
     heldout_inputs = chat.model_inputs(heldout)
 
     # Training setup: the loss is averaged over the weighted (assistant) tokens.
-    compile_causal_lm(model, config.learning_rate, config.weight_decay)
+    compile_causal_lm(model, config.learning_rate, config.weight_decay,
+                      jit_compile=run.settings.jit_compile)
     generator = ChatGenerator(model, template, sampler, config.max_length)
     prompts = REPORT_PROMPTS[:config.report_prompts]
 
@@ -114,7 +115,8 @@ def main(config, run):
     # Training: plain fit on token ids, the preprocessor detached, from where
     # the backup of an interrupted run left off, if any.
     fit_packed(model, train, heldout, config.batch_size, config.epochs, config.seed,
-               backup=Backup(run, config.save_every_steps), callbacks=[HistoryWriter(run)])
+               backup=Backup(run, config.save_every_steps), callbacks=[HistoryWriter(run)],
+               tensorboard=run.settings.tensorboard)
 
     # Evaluation after tuning.
     perplexity_after = perplexity(model, *heldout_inputs, batch_size=config.batch_size)

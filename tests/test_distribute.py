@@ -163,3 +163,40 @@ def test_data_parallel_uses_every_device():
     assert out["mesh"] == [8] and sorted(out["mesh_devices"]) == sorted(out["devices"])
     assert out["batch_axis"] == "batch"
     assert out["kernel_devices"] == 8
+
+
+def _mesh_of(batch_devices, model_devices=1, name="ModelParallel"):
+    """What `batch_shards` reads of a distribution, without the devices."""
+    import types
+
+    mesh = types.SimpleNamespace(shape=(batch_devices, model_devices),
+                                 axis_names=("batch", "model"))
+    return type(name, (), {"device_mesh": mesh, "batch_dim_name": "batch"})()
+
+
+def test_batches_split_evenly_over_the_devices():
+    import numpy as np
+
+    from kerastune_lab.data.packing import Packed
+    from kerastune_lab.distribute import batch_shards, call_filled, fill_windows
+
+    assert batch_shards(None, 3) == 1
+    assert batch_shards(_mesh_of(4, 2), 8) == 4
+    with pytest.raises(KerastuneError, match=r"^batch_size=6: expected a multiple of the 4 "
+                                             r"devices on the batch axis \(distribute=data\)$"):
+        batch_shards(_mesh_of(4, name="DataParallel"), 6)
+
+    ids = np.arange(15, dtype="int32").reshape(5, 3)
+    packed = Packed(ids, np.ones((5, 3), "float32"), np.ones((5, 3), "int32"), 5, 0, 0, 0.0, 0.0)
+    assert fill_windows(packed, 4, shards=1) is packed  # one device: as it is
+    filled = fill_windows(packed, 4, shards=2)
+    assert len(filled.token_ids) == 8 and len(filled.segment_ids) == 8
+    np.testing.assert_array_equal(filled.token_ids[5:], ids[:3])  # copies of the first
+    assert filled.weights[:5].all() and not filled.weights[5:].any()  # weighted 0: no loss
+    assert fill_windows(filled, 4, shards=2) is filled
+
+    seen = []
+    assert call_filled(lambda xs: seen.append(xs) or [x.upper() for x in xs],
+                       ["a", "b", "c"], 2) == ["A", "B", "C"]
+    assert seen == [["a", "b", "c", "a"]]
+    assert call_filled(lambda xs: 1 / 0, [], 4) == []

@@ -83,3 +83,53 @@ def test_each_shipped_recipe_reads_as_its_dataclass(path):
     for field in dataclasses.fields(module.Config):
         if _builtin_made(hints[field.name]):
             assert read[field.name].annotation == hints[field.name], field.name
+
+
+BAD = ["epoch=3", "epochs=-1", "epochs=two", "learning_rate=fast", "seed=1.5",
+       "precision=fp16", "dtype=float32", "mixed_precision=true", "jit_compile=yes",
+       "batch_size=0", "nothing"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_the_precheck_and_the_run_read_overrides_alike(name):
+    # One reader (config.read_overrides): the keys read from the file before
+    # Keras loads and the imported Config refuse each override with the same
+    # line, and accept the same ones.
+    from kerastune_lab import config as config_lib
+
+    read = recipe_file.read(recipe_path(name))
+    module = load_recipe(recipe_path(name))
+    for item in BAD:
+        errors = []
+        for check in (lambda: recipe_file.check_overrides(read, [item]),
+                      lambda: config_lib.apply_overrides(module.Config(), [item])):
+            with pytest.raises(KerastuneError) as excinfo:
+                check()
+            errors.append(str(excinfo.value))
+        assert errors[0] == errors[1], item
+    good = ["epochs=1", "seed=3", "precision=float32", "jit_compile=false"]
+    assert config_lib.read_overrides(read.fields, good) == {
+        "epochs": 1, "seed": 3, "precision": "float32", "jit_compile": "false"}
+    config = config_lib.apply_overrides(module.Config(), good)
+    assert (config.epochs, config.seed, config.precision) == (1, 3, "float32")
+
+
+def test_an_old_key_is_named_renamed_only_where_the_new_one_exists():
+    from kerastune_lab.config import apply_overrides
+
+    @dataclasses.dataclass
+    class New:
+        precision: str = "auto"
+
+    @dataclasses.dataclass
+    class Own:  # a user's recipe with a dtype key of its own
+        dtype: str = "float32"
+        seed: int = 0
+
+    with pytest.raises(KerastuneError, match=r"^config key 'dtype' is now 'precision': use "
+                                             r"precision=auto, float32, mixed_bfloat16 or "
+                                             r"mixed_float16$"):
+        apply_overrides(New(), ["dtype=bfloat16"])
+    assert apply_overrides(Own(), ["dtype=bfloat16"]).dtype == "bfloat16"
+    with pytest.raises(KerastuneError, match="unknown config key 'precision'"):
+        apply_overrides(Own(), ["precision=float32"])

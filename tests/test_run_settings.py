@@ -1,7 +1,10 @@
-"""What every recipe run gets from `training.recipe_settings`: the dtype
-policy of `precision` (from the accelerator when "auto"), in config.json and
-the log, set before the model is built; and TensorBoard logs in the run, with
-scalars per step and per epoch."""
+"""What every recipe run gets from `training.run_settings`, as `run.settings`:
+the dtype policy of `precision` (from the accelerator when "auto"), in
+config.json and the log, set before the model is built and put back after;
+the `jit_compile` of its key, which the compiled model has; and TensorBoard
+logs in the run, with scalars per step and per epoch. And nothing of it
+travels through module globals: a notebook making the recipe's calls with
+the same settings builds the same model."""
 
 import csv
 import glob
@@ -12,7 +15,7 @@ import pytest
 
 from kerastune_lab import backend, training
 from kerastune_lab.errors import KerastuneError
-from tests.conftest import assert_one_line_error
+from tests.conftest import BACKEND, assert_one_line_error
 
 # A recipe with only what these tests look at: it records the dtype policy of
 # a layer built in main and the optimizer compile gave, and trains 2 epochs of
@@ -25,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastune_lab.config import setting
+from kerastune_lab.finetune.two_phase import compile_classifier
 from kerastune_lab.resume import Backup
 from kerastune_lab.training import HistoryWriter, fit_resumable
 
@@ -32,23 +36,24 @@ from kerastune_lab.training import HistoryWriter, fit_resumable
 @dataclasses.dataclass
 class Config:
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))
-    mixed_precision: bool = False
-    mixed_precision_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"))
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))
     epochs: int = 2
     seed: int = 0
 
 
 def main(config, run):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1)])
-    model.compile(keras.optimizers.SGD(0.01), "mse")
+                              keras.layers.Dense(2)])
+    compile_classifier(model, 0.01, jit_compile=run.settings.jit_compile)
     x = np.random.default_rng(0).random((48, 4)).astype("float32")
-    data = tf.data.Dataset.from_tensor_slices((x, x.sum(axis=1))).batch(8).repeat()
-    val = tf.data.Dataset.from_tensor_slices((x, x.sum(axis=1))).batch(16)
+    y = (x.sum(axis=1) > 2).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    val = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     fit_resumable(model, data, config.epochs, Backup(run), callbacks=[HistoryWriter(run)],
-                  steps_per_epoch=6, validation_data=val)
+                  steps_per_epoch=6, validation_data=val, tensorboard=run.settings.tensorboard)
     run.write_json("seen.json", {"policy": model.layers[0].dtype_policy.name,
-                                 "optimizer": type(model.optimizer).__name__})
+                                 "optimizer": type(model.optimizer).__name__,
+                                 "jit_compile": model.jit_compile})
 '''
 
 
@@ -110,28 +115,91 @@ def test_auto_on_a_t4_is_float16_with_loss_scaling(cli, tiny_recipe, tmp_path, m
     config = _read(out, "config.json")
     assert config["precision"] == "mixed_float16"
     assert config["accelerator"] == "gpu: 1 x Tesla T4, 15.0 GiB, compute capability 7.5"
-    assert _read(out, "seen.json") == {"policy": "mixed_float16",
-                                       "optimizer": "LossScaleOptimizer"}
+    seen = _read(out, "seen.json")
+    assert (seen["policy"], seen["optimizer"]) == ("mixed_float16", "LossScaleOptimizer")
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"  # put back
 
 
-def test_config_beats_auto_and_the_old_key_still_works(cli, tiny_recipe, tmp_path, monkeypatch):
+def test_config_beats_auto_and_the_old_keys_are_refused(cli, tiny_recipe, tmp_path,
+                                                        monkeypatch):
     a100 = backend.Device("gpu", "NVIDIA A100-SXM4-40GB", 40 * 2**30, (8, 0))
     monkeypatch.setattr(backend, "accelerators", lambda: [a100])
     assert cli("run", tiny_recipe, "--output-dir", tmp_path / "a", "precision=float32").code == 0
     assert _read(tmp_path / "a", "seen.json")["policy"] == "float32"
     assert cli("run", tiny_recipe, "--output-dir", tmp_path / "b").code == 0
     assert _read(tmp_path / "b", "seen.json")["policy"] == "mixed_bfloat16"
-    # imdb_sentiment's older keys: mixed_precision=true mixed_precision_dtype=float16.
-    assert cli("run", tiny_recipe, "--output-dir", tmp_path / "c", "mixed_precision=true",
-               "mixed_precision_dtype=float16").code == 0
-    assert _read(tmp_path / "c", "config.json")["precision"] == "mixed_float16"
-    assert_one_line_error(
-        cli("run", tiny_recipe, "--output-dir", tmp_path / "d", "mixed_precision=true",
-            "precision=float32"), "mixed_precision=true and precision=float32 disagree")
-    assert not os.path.exists(tmp_path / "d" / "FINISHED")
+    # The keys precision replaced: one line naming it, exit 2, nothing run.
+    for old, fragments in (("mixed_precision=true", ["'mixed_precision' is now 'precision'",
+                                                     "precision=mixed_bfloat16"]),
+                           ("mixed_precision_dtype=float16", ["is now 'precision'"]),
+                           ("dtype=bfloat16", ["'dtype' is now 'precision'",
+                                               "precision=auto, float32"])):
+        assert_one_line_error(cli("run", tiny_recipe, "--output-dir", tmp_path / "d", old),
+                              *fragments)
+        assert not os.path.exists(tmp_path / "d")
+
+
+# On torch, "true" is torch.compile: a minute on a CPU, so `large` there.
+@pytest.mark.parametrize("key", [pytest.param("true", marks=[pytest.mark.large]
+                                              if BACKEND == "torch" else []), "false"])
+def test_the_jit_compile_key_reaches_the_model_as_in_a_notebook(cli, tiny_recipe, tmp_path,
+                                                                 key):
+    from kerastune_lab.recipe import load_recipe
+    from kerastune_lab.runs import RunDir
+    from kerastune_lab.settings import RunSettings
+
+    assert cli("run", tiny_recipe, "--output-dir", tmp_path / "cli",
+               f"jit_compile={key}").code == 0
+    by_cli = _read(tmp_path / "cli", "seen.json")
+    assert by_cli["jit_compile"] is (key == "true")  # what model.jit_compile was
+    # The same main in a notebook, the settings given by hand: the same model.
+    module = load_recipe(str(tiny_recipe))
+    run = RunDir.create(tmp_path / "notebook")
+    run.settings = RunSettings(jit_compile=key == "true")
+    module.main(module.Config(epochs=1), run)
+    assert _read(tmp_path / "notebook", "seen.json") == by_cli
+    assert not os.path.exists(tmp_path / "notebook" / "tensorboard")  # none asked for
+
+
+def test_the_runner_hands_the_settings_down_and_puts_the_policy_back(tmp_path, monkeypatch):
+    import keras
+
+    from kerastune_lab.runs import RunDir
+    from kerastune_lab.settings import RunSettings
+
+    monkeypatch.setattr(backend, "accelerators", lambda: [backend.Device("cpu", "cpu")])
+    run = RunDir.create(tmp_path / "run")
+    run.write_json("config.json", {})
+    assert run.settings == RunSettings()  # a RunDir made by hand: nothing chosen
+    config = types.SimpleNamespace(precision="mixed_bfloat16", jit_compile="false")
+    settings = training.run_settings(config, run)
+    assert settings == RunSettings("mixed_bfloat16", False, str(tmp_path / "run" / "tensorboard"))
+    assert _read(tmp_path / "run", "config.json")["precision"] == "mixed_bfloat16"
+    with pytest.raises(RuntimeError):
+        with training.dtype_policy(settings.precision):
+            assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+            raise RuntimeError("main failed")
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with training.dtype_policy(None):  # no precision key: the policy is left as it is
+        assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_no_module_of_the_package_keeps_global_state():
+    # `global` (and `nonlocal`) nowhere in kerastune_lab: settings travel as
+    # arguments (`run.settings`), caches through functools.
+    import ast
+    import pathlib
+
+    import kerastune_lab
+
+    found = []
+    for path in pathlib.Path(kerastune_lab.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Global, ast.Nonlocal)):
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == []
 
 
 def test_a_resumed_run_keeps_its_precision(monkeypatch):
@@ -189,13 +257,19 @@ def test_backend_precision_error():
 
 
 @pytest.mark.parametrize("recipe", ["cats_vs_dogs", "imdb_sentiment", "sarcastic_chat",
-                                    "xray_pneumonia"])
-def test_every_recipe_has_the_precision_key(recipe):
+                                    "xray_pneumonia", "lora_chat"])
+def test_every_recipe_has_the_precision_key_and_none_of_the_old_ones(recipe):
+    import dataclasses
+
+    from kerastune_lab.config import RENAMED
     from kerastune_lab.recipe import load_recipe
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_recipe(os.path.join(root, "recipes", f"{recipe}.py")).Config()
     assert config.precision == "auto"
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    assert fields["precision"].metadata["choices"] == backend.PRECISIONS
+    assert not set(RENAMED) & set(fields)
 
 
 def test_smoke_recipe_on_cpu(cli, tmp_path):

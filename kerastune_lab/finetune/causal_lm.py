@@ -1,8 +1,9 @@
 """Tuning a KerasHub causal LM on packed token windows: what the two chat
 recipes (full fine-tuning and LoRA) share.
 
-    compile_causal_lm(model, learning_rate, weight_decay, jit_compile=None)
-    fit_packed(model, train, heldout, batch_size, epochs, seed, backup, callbacks)
+    compile_causal_lm(model, learning_rate, weight_decay, jit_compile="auto")
+    fit_packed(model, train, heldout, batch_size, epochs, seed, backup, callbacks,
+               tensorboard)
 
 The loss is averaged over the weighted tokens only (`sample_weight` from
 `data.packing.model_inputs`: the assistant's replies with the chat loss
@@ -16,10 +17,18 @@ from kerastune_lab.models import detached_preprocessor
 from kerastune_lab.training import choose_jit_compile, fit_resumable
 
 
-def compile_causal_lm(model, learning_rate, weight_decay=0.0, jit_compile=None):
+def compile_causal_lm(model, learning_rate, weight_decay=0.0, jit_compile="auto"):
     """Compiles for next-token ids with AdamW, the loss and accuracy averaged
-    over the tokens whose sample weight is not 0; `jit_compile` as
-    `training.choose_jit_compile` (None: the run's key, else per backend)."""
+    over the tokens whose sample weight is not 0.
+
+    Args:
+        model: a KerasHub `CausalLM`.
+        learning_rate: float.
+        weight_decay: float. AdamW's.
+        jit_compile: "auto", "true", "false" or a bool, as
+            `training.choose_jit_compile` (a recipe passes
+            `run.settings.jit_compile`). Defaults to "auto": per backend.
+    """
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
         loss=keras.losses.SparseCategoricalCrossentropy(
@@ -29,7 +38,8 @@ def compile_causal_lm(model, learning_rate, weight_decay=0.0, jit_compile=None):
     )
 
 
-def fit_packed(model, train, heldout, batch_size, epochs, seed=0, backup=None, callbacks=()):
+def fit_packed(model, train, heldout, batch_size, epochs, seed=0, backup=None, callbacks=(),
+               tensorboard=None):
     """Trains `model` on packed windows, from where `backup` left off.
 
     Args:
@@ -42,6 +52,8 @@ def fit_packed(model, train, heldout, batch_size, epochs, seed=0, backup=None, c
         seed: int.
         backup: a `resume.Backup`, or None.
         callbacks: list of Keras callbacks.
+        tensorboard: str or None. A folder for TensorBoard logs (a recipe
+            passes `run.settings.tensorboard`), None for none.
 
     Returns:
         The Keras `History`.
@@ -50,4 +62,4 @@ def fit_packed(model, train, heldout, batch_size, epochs, seed=0, backup=None, c
     validation = sequence_dataset(heldout, batch_size) if heldout is not None else None
     with detached_preprocessor(model):
         return fit_resumable(model, stream, epochs, backup, callbacks=callbacks,
-                             validation_data=validation)
+                             validation_data=validation, tensorboard=tensorboard)

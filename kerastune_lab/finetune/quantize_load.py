@@ -275,21 +275,22 @@ def _release_free_memory(generation=1):
     and hands what the C allocator keeps back to the system (glibc's
     `malloc_trim`; nothing elsewhere): the slices' buffers freed between
     layers otherwise stay resident, and add up."""
-    global _TRIM
     gc.collect(generation)
-    if _TRIM is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim:
+        trim(0)
 
 
-_TRIM = None  # glibc's malloc_trim, found on first use (False: none)
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's `malloc_trim`, looked up once; None where there is none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _clear_compiled_programs():

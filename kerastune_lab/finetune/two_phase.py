@@ -33,10 +33,16 @@ def set_backbone_trainable(model, trainable, train_batchnorm=False):
                 layer.trainable = False
 
 
-def compile_classifier(model, learning_rate, jit_compile=None):
-    """Compiles for integer labels on logits with Adam at `learning_rate`;
-    `jit_compile` as `training.choose_jit_compile` (None: the run's key, else
-    per backend)."""
+def compile_classifier(model, learning_rate, jit_compile="auto"):
+    """Compiles for integer labels on logits with Adam at `learning_rate`.
+
+    Args:
+        model: a Keras model that outputs logits.
+        learning_rate: float.
+        jit_compile: "auto", "true", "false" or a bool, as
+            `training.choose_jit_compile` (a recipe passes
+            `run.settings.jit_compile`). Defaults to "auto": per backend.
+    """
     from kerastune_lab.training import choose_jit_compile
 
     metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
@@ -61,7 +67,8 @@ def _announce(model, number, phases, name, what, learning_rate, first, last, tot
 
 
 def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
-              learning_rate, callbacks=(), train_batchnorm=False, backup=None, **fit_kwargs):
+              learning_rate, callbacks=(), train_batchnorm=False, backup=None,
+              jit_compile="auto", **fit_kwargs):
     """Runs both phases and returns {phase: keras History}.
 
     Args:
@@ -79,7 +86,9 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
         train_batchnorm: bool. Let BatchNorm statistics update in phase 2.
         backup: a `resume.Backup`, or None: each phase starts where it left
             off (mid-epoch needs a Stream).
-        **fit_kwargs: passed to both `fit` calls (e.g. `class_weight`).
+        jit_compile: for both compiles (`compile_classifier`).
+        **fit_kwargs: passed to both `fit_resumable` calls (e.g.
+            `class_weight`, `tensorboard`).
     """
     from kerastune_lab.training import fit_resumable
 
@@ -90,7 +99,7 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
     phases = int(bool(head_epochs)) + int(bool(epochs))
     if head_epochs and not (backup and backup.resumed_phase == FINETUNE):
         set_backbone_trainable(model, False)
-        compile_classifier(model, head_learning_rate)
+        compile_classifier(model, head_learning_rate, jit_compile)
         _announce(model, 1, phases, HEAD, "the new head only, backbone frozen",
                   head_learning_rate, 0, head_epochs, head_epochs + epochs)
         histories[HEAD] = fit_resumable(model, train, head_epochs, backup, HEAD,
@@ -98,7 +107,7 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
                                         **fit_kwargs)
     if epochs:
         set_backbone_trainable(model, True, train_batchnorm)
-        compile_classifier(model, learning_rate)  # recompile: trainable flags changed
+        compile_classifier(model, learning_rate, jit_compile)  # recompile: trainable flags changed
         _announce(model, phases, phases, FINETUNE,
                   "everything" + ("" if train_batchnorm else ", BatchNorm in inference mode"),
                   learning_rate, head_epochs, head_epochs + epochs, head_epochs + epochs)

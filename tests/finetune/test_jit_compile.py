@@ -24,7 +24,6 @@ torch_only = pytest.mark.skipif(BACKEND != "torch", reason="torch.compile: torch
 def test_choice_per_backend(backend_name):
     auto = training.TORCH_AUTO_JIT_COMPILE if backend_name == "torch" else "auto"
     assert training.choose_jit_compile("auto", backend_name) == auto
-    assert training.choose_jit_compile(None, backend_name) == auto  # no run: auto
     assert training.choose_jit_compile("true", backend_name) is True
     assert training.choose_jit_compile("false", backend_name) is False
     assert training.choose_jit_compile(True, backend_name) is True
@@ -47,7 +46,7 @@ class _Config:
     jit_compile: str = "auto"
 
 
-def test_recipe_key_reaches_the_compile_helpers(tmp_path):
+def test_the_run_key_reaches_the_compiled_model_through_the_helpers(tmp_path):
     import keras
 
     from kerastune_lab.finetune.causal_lm import compile_causal_lm
@@ -55,16 +54,39 @@ def test_recipe_key_reaches_the_compile_helpers(tmp_path):
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     for key, expected in (("true", True), ("false", False)):
-        with training.recipe_settings(_Config(key), RunDir(str(tmp_path))):
-            compile_classifier(model, 1e-3)
-            assert model.jit_compile is expected
-            compile_causal_lm(model, 1e-3)
-            assert model.jit_compile is expected
-            compile_classifier(model, 1e-3, jit_compile="auto")  # an argument wins
-            assert model.jit_compile == _resolved_auto(model)
-    assert training._run_jit_compile is None  # put back
-    compile_classifier(model, 1e-3)  # outside a run: per backend
+        settings = training.run_settings(_Config(key), RunDir(str(tmp_path)))
+        compile_classifier(model, 1e-3, jit_compile=settings.jit_compile)
+        assert model.jit_compile is expected
+        compile_causal_lm(model, 1e-3, jit_compile=settings.jit_compile)
+        assert model.jit_compile is expected
+        # No hidden state: a call without the argument is per backend, in a
+        # run or not.
+        compile_classifier(model, 1e-3)
+        assert model.jit_compile == _resolved_auto(model)
+        compile_causal_lm(model, 1e-3)
+        assert model.jit_compile == _resolved_auto(model)
+    settings = training.run_settings(_Config("auto"), RunDir(str(tmp_path)))
+    compile_classifier(model, 1e-3, jit_compile=settings.jit_compile)
     assert model.jit_compile == _resolved_auto(model)
+
+
+def test_fine_tune_compiles_both_phases_with_its_jit_compile(monkeypatch):
+    from kerastune_lab.finetune.two_phase import fine_tune
+
+    model = testing.build_tiny_task("resnet")
+    x = np.zeros((4, 32, 32, 3), "float32")
+    y = np.zeros(4, "int32")
+    compiled = []
+    original = type(model).compile
+
+    def spy(self, *args, **kwargs):
+        compiled.append(kwargs["jit_compile"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "compile", spy)
+    fine_tune(model, (x, y), None, 1, 1e-2, 1, 1e-3, jit_compile=False, batch_size=4,
+              verbose=0)
+    assert compiled == [False, False] and model.jit_compile is False
 
 
 def _resolved_auto(model):
@@ -97,7 +119,7 @@ def _task_kwargs(model):
 @torch_only
 def test_compiled_two_phase_classifier_matches_eager(tmp_path):
     """ResNet in two phases (frozen backbone, then all, recompiled), through
-    `fine_tune` and the run's key: the same losses and predictions."""
+    `fine_tune`'s jit_compile: the same losses and predictions."""
     from kerastune_lab.finetune.two_phase import fine_tune
 
     base = testing.build_tiny_task("resnet")
@@ -107,9 +129,8 @@ def test_compiled_two_phase_classifier_matches_eager(tmp_path):
     results = {}
     for key in ("false", "true"):
         model = _twin(base)
-        with training.recipe_settings(_Config(key), RunDir(str(tmp_path / key))):
-            histories = fine_tune(model, (x, y), None, 1, 1e-2, 2, 1e-3, batch_size=8,
-                                  shuffle=False, verbose=0)
+        histories = fine_tune(model, (x, y), None, 1, 1e-2, 2, 1e-3, batch_size=8,
+                              shuffle=False, verbose=0, jit_compile=key == "true")
         assert model.jit_compile is (key == "true")
         results[key] = ([h.history["loss"] for h in histories.values()],
                         model.predict(x, batch_size=8, verbose=0))
