@@ -8,7 +8,8 @@
   the console ("oneDNN custom operations are on", "Could not find cuda
   drivers", "TF-TRT Warning", "All log messages before absl::InitializeLog()
   is called ...", "failed call to cuInit"). `backend.use_backend` calls it,
-  so the CLI and a notebook that chooses its backend get it.
+  so the CLI and a notebook that chooses its backend get it. It also
+  hides one Python warning that is false for a learner: `NOT_WARNINGS`.
 
 Why by hand: those lines are written by C++ code straight to file
 descriptor 2, where Python's `warnings` and `logging` cannot filter them.
@@ -26,6 +27,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 log = logging.getLogger("kerastune_lab")
 
@@ -39,6 +41,15 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR"}
 _CPP_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] ")
 _ABSL_NOTE = "WARNING: All log messages before absl::InitializeLog() is called"
 _QUIET_MODULES = ("tensorflow",)
+
+# Python warnings that say something false or unactionable to a learner,
+# hidden by `quiet_startup` (message regexes, matched at the start):
+# - tqdm's "IProgress not found. Please update jupyter and ipywidgets.":
+#   `import keras_hub` imports kagglehub, which imports `tqdm.auto`; in a
+#   Jupyter kernel without ipywidgets tqdm warns once, then draws its bars
+#   as text, which work (and the toolkit's own progress is Keras'). Nothing
+#   is wrong that the learner must fix.
+NOT_WARNINGS = (r"IProgress not found",)
 
 
 def is_startup_noise(line):
@@ -113,11 +124,14 @@ class filtered_stderr:
 def quiet_startup(environ=None):
     """Keeps TensorFlow's C++ start-up lines off the console: sets the
     variables of `QUIET_ENV` that are not set, and runs the first
-    `import tensorflow` under `filtered_stderr`. Call it before TensorFlow
-    is imported (later it only sets the variables)."""
+    `import tensorflow` under `filtered_stderr`; ignores the warnings of
+    `NOT_WARNINGS`. Call it before TensorFlow is imported (later it only
+    sets the variables and the filters)."""
     environ = os.environ if environ is None else environ
     for key, value in QUIET_ENV.items():
         environ.setdefault(key, value)
+    for message in NOT_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     if not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
 

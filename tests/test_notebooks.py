@@ -28,6 +28,7 @@ import nbformat
 import pytest
 
 from tests.conftest import BACKEND, ROOT
+from tests.test_warnings import warning_lines
 
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 INSTALL_LINE = '%pip install -q {os.environ.get("KERASTUNE_INSTALL", "kerastune-lab")}'
@@ -169,6 +170,12 @@ def test_notebook_runs(name, tmp_path, kernel_name, monkeypatch):
 
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert all(cell.execution_count for cell in code)  # every cell ran
+    # No warning a learner would see but those test_warnings.ALLOWED allows
+    # (the install cell's are pip's own: left out).
+    stderr = "".join(out["text"] for cell in code[1:] for out in cell.outputs
+                     if out.get("output_type") == "stream" and out.get("name") == "stderr")
+    found = warning_lines(stderr)
+    assert not found, f"{name} on {BACKEND} warned:\n" + "\n".join(found)
     installed = os.environ["KERASTUNE_INSTALL"].split()[-1]
     assert "ERROR" not in text_of(code[0]), text_of(code[0])
     if installed.endswith(".whl"):  # the kernel imports the wheel's package, not the checkout

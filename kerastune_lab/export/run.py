@@ -110,7 +110,13 @@ def _write(run, kind, task_cls, fmt, folder, with_base, preset, output):
     else:
         from kerastune_lab.models import load_run_model
 
-        model = load_run_model(run, task_cls)
+        # Uncompiled: an export is for inference. A compiled model would have
+        # a new, unbuilt optimizer for the run's saved optimizer state to be
+        # skipped into ("Skipping variable loading for optimizer 'adam' ...
+        # 2 variables whereas the saved optimizer has 82"), and model.keras
+        # would carry KerasHub's custom compile, which `load_model` cannot
+        # replay ("`compile()` was not called as part of model loading").
+        model = load_run_model(run, task_cls, compile=False)
     if fmt == "hf":
         hf.save_transformers(model, folder)
         if os.path.isfile(run.file(CHAT_FILE)):  # the chat template the run trained with

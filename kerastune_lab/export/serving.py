@@ -19,8 +19,10 @@ project, so on torch the export is ONNX when `onnx` is installed, else a
 one-line error.
 """
 
+import contextlib
 import importlib.util
 import os
+import warnings
 
 from kerastune_lab.errors import KerastuneError
 
@@ -29,9 +31,25 @@ ONNX_FILE = "model.onnx"
 
 
 def save_keras(model, folder):
-    """Writes `model` (a KerasHub task) as `folder/model.keras`."""
+    """Writes `model` (an uncompiled KerasHub task) as `folder/model.keras`.
+
+    Its config gets `compile=False`, so `keras.saving.load_model` builds it
+    back uncompiled, as it was saved (compile it to train it further). A
+    KerasHub task compiles itself with defaults on construction unless told
+    not to, and its optimizer would then look in the file for state that an
+    inference export does not hold (Keras warns "Skipping variable loading
+    for optimizer 'adam', because it has 2 variables whereas the saved
+    optimizer has 0 variables").
+    """
     path = os.path.join(folder, KERAS_FILE)
-    model.save(path)
+    config = model.get_config()
+    # Read by `serialize_keras_object` through the instance (public API:
+    # `get_config`), then taken away again: `model` itself is unchanged.
+    object.__setattr__(model, "get_config", lambda: dict(config, compile=False))
+    try:
+        model.save(path)
+    finally:
+        object.__delattr__(model, "get_config")
     return path
 
 
@@ -61,6 +79,28 @@ def serving_model(model):
     return keras.Model(inputs, probabilities)
 
 
+@contextlib.contextmanager
+def _onnx_trace_notes_hidden():
+    """torch.onnx's notes while it traces the served model, hidden: each is
+    false for this export.
+
+    - `TracerWarning` "Converting a tensor to a Python integer/boolean might
+      cause the trace to be incorrect ... might not generalize to other
+      inputs": Keras reads channels, padding and axis sizes from the input's
+      shape, and the served input has a fixed image size or sequence length
+      (`serving_model`), so those values are constants; the batch size stays
+      free (tests/export/test_serving.py serves 3 images from a trace of 1).
+    - "Constant folding - Only steps=1 can be constant folded": an
+      optimisation not applied to a strided slice; the values are the same.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1")
+        yield
+
+
 def save_serving(model, folder):
     """Exports the serving model of `model` into `folder` with `Model.export`.
 
@@ -84,7 +124,8 @@ def save_serving(model, folder):
                                   served.input))
         path = os.path.join(folder, ONNX_FILE)
         try:
-            served.export(path, format="onnx", verbose=False)
+            with _onnx_trace_notes_hidden():
+                served.export(path, format="onnx", verbose=False)
         except Exception as e:  # torch.onnx's own errors are many and multi-line
             raise KerastuneError(
                 f"ONNX export of a {type(model).__name__} failed in torch.onnx "
