@@ -223,8 +223,9 @@ def config_keys(recipe):
 
 
 def _data_path(text):
-    """The local path a `data=` value names, or None (a TFDS name, a handle)."""
-    if not isinstance(text, str) or not text or text.startswith("tfds:") or "://" in text:
+    """The local path a `data=` value names, or None (a TFDS or Hugging Face
+    dataset name, a handle)."""
+    if not isinstance(text, str) or not text or text.startswith(("tfds:", "hf:")) or "://" in text:
         return None
     return os.path.expanduser(text)
 

@@ -1,8 +1,9 @@
 """Movie-review sentiment: a KerasHub text classifier (DistilBERT) fine-tuned end to end.
 
 Launch:
-    kerastune run imdb_sentiment --smoke                             # tiny, offline, ~1 min on CPU
+    kerastune run imdb_sentiment --smoke                             # tiny preset and data, offline
     kerastune run imdb_sentiment                                     # distil_bert_base_en_uncased on TFDS imdb_reviews
+    kerastune run imdb_sentiment data=hf:stanfordnlp/imdb            # from the Hugging Face Hub (the datasets library)
     kerastune run imdb_sentiment --backend torch precision=mixed_bfloat16 batch_size=32
     kerastune run imdb_sentiment data="IMDB Dataset.csv" text_column=review label_column=sentiment
     kerastune run imdb_sentiment data=train.jsonl test_data=test.jsonl sequence_length=128
@@ -40,8 +41,8 @@ log = logging.getLogger("kerastune_lab")
 class Config:
     preset: str = "distil_bert_base_en_uncased"  # text-classifier preset, handle, or folder (KerasHub/HF)
     load_weights: bool = True  # False: the preset's architecture from random weights (a baseline)
-    data: str = "tfds:imdb_reviews"  # "tfds:NAME", or a .csv/.tsv/.jsonl file with a text and a label column
-    test_data: str = ""  # held-out file; "" = the TFDS test split, or a stratified test_split of data
+    data: str = "tfds:imdb_reviews"  # "tfds:NAME", "hf:NAME[:CONFIG][@SPLIT]" (Hugging Face, pip install 'kerastune-lab[hf-data]'), or a .csv/.tsv/.jsonl file with a text and a label column
+    test_data: str = ""  # held-out file or hf:...@SPLIT; "" = the TFDS/HF test split, or a stratified test_split of data
     text_column: str = "text"  # CSV column / JSON key with the review
     label_column: str = "label"  # CSV column / JSON key with the label (any strings)
     label_names: dict = dataclasses.field(default_factory=lambda: {  # names the classifier answers with
@@ -55,7 +56,7 @@ class Config:
     learning_rate: float = setting(3e-5, gt=0)  # Adam; low, to keep what the encoder knows
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
-    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: docs/benchmarks.md)
     seed: int = setting(1337, ge=0)
 
 
@@ -125,7 +126,7 @@ def main(config, run):
                    truncated=truncated)
 
     # Saving: the model as a KerasHub preset (tokenizer included), the metrics, the report.
-    held_out = ("its test split" if config.data.startswith(text.TFDS_PREFIX)
+    held_out = ("its test split" if text.uses_own_test_split(config.data)
                 else f"{config.test_split:.0%} of each class held out")
     run.save_model(model)
     run.write_json("metrics.json", metrics)

@@ -2,7 +2,7 @@
 adapter over an int8 base; the run keeps the adapter (a few MB), not the base.
 
 Launch:
-    kerastune run lora_chat --smoke                                # tiny Llama, offline, ~30 s on CPU
+    kerastune run lora_chat --smoke                                # tiny Llama and data, offline
     kerastune run lora_chat                                        # llama2_7b_en, int8 base, rank 8 on q/v
     kerastune run lora_chat preset=llama3.2_1b quantize=none precision=float32
     kerastune run lora_chat lora_rank=16 lora_alpha=32 lora_targets=all
@@ -87,8 +87,8 @@ TARGETS = {"attention": lora.ATTENTION_TARGETS, "all": lora.ALL_TARGETS}
 @dataclasses.dataclass
 class Config:
     preset: str = "llama2_7b_en"  # KerasHub causal LM (Llama-class; GPT-2 etc. work too), handle or folder
-    data: str = data_file("sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
-    heldout_data: str = data_file("sarcastic_chat_heldout.jsonl")  # never trained on
+    data: str = data_file("sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}, or hf:NAME[:CONFIG][@SPLIT] with a "messages" or "prompt"/"response" column
+    heldout_data: str = data_file("sarcastic_chat_heldout.jsonl")  # same format (hf:NAME reads its "test" split), never trained on
     template: str = chat.EOS_TEMPLATE  # {prompt} then {response}; {eos} = the tokenizer's end token
     loss_on: str = setting("assistant", choices=("assistant", "all"))  # assistant: loss on the replies only; all: every token
     sequence_length: int = setting(256, ge=16)  # tokens a training window
@@ -112,7 +112,7 @@ class Config:
     max_length: int = setting(128, ge=16)  # report generations: most tokens of prompt plus reply
     report_prompts: int = setting(6, ge=0)  # how many of REPORT_PROMPTS to answer before and after
     save_every_steps: int = setting(0, ge=0)  # back up (adapter + optimizer) every N steps as well as at epoch ends; 0: epoch ends only
-    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: docs/benchmarks.md)
     seed: int = setting(1337, ge=0)
 
 

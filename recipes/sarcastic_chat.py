@@ -1,10 +1,11 @@
 """Sarcastic chatbot: GPT-2 tuned on prompt/response pairs, loss on the replies only.
 
 Launch:
-    kerastune run sarcastic_chat --smoke                           # tiny GPT-2, offline, ~1 min on CPU
+    kerastune run sarcastic_chat --smoke                           # tiny GPT-2 and data, offline
     kerastune run sarcastic_chat                                   # gpt2_base_en on the shipped pairs
     kerastune run sarcastic_chat --backend torch epochs=5 learning_rate=3e-5
     kerastune run sarcastic_chat data=my_chats.jsonl heldout_data=my_heldout.jsonl
+    kerastune run sarcastic_chat data=hf:ORG/CHATS heldout_data=hf:ORG/CHATS@test
     kerastune run sarcastic_chat loss_on=all pack=false sequence_length=256
 Then:
     kerastune chat runs/sarcastic_chat-<time>                      # interactive
@@ -41,8 +42,8 @@ log = logging.getLogger("kerastune_lab")
 @dataclasses.dataclass
 class Config:
     preset: str = "gpt2_base_en"  # KerasHub causal LM preset, kaggle:// or hf:// handle, or a preset folder
-    data: str = data_file("sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}
-    heldout_data: str = data_file("sarcastic_chat_heldout.jsonl")  # same format, never trained on
+    data: str = data_file("sarcastic_chat.jsonl")  # JSONL of {"prompt","response"} or {"messages"}, or hf:NAME[:CONFIG][@SPLIT] with a "messages" or "prompt"/"response" column
+    heldout_data: str = data_file("sarcastic_chat_heldout.jsonl")  # same format (hf:NAME reads its "test" split), never trained on
     template: str = chat.DEFAULT_TEMPLATE  # holds {prompt} then {response}; {eos} = the tokenizer's end token
     loss_on: str = setting("assistant", choices=("assistant", "all"))  # assistant: loss on the replies only; all: on every token
     sequence_length: int = setting(128, ge=16)  # tokens a training window (the model sees windows of this length)
@@ -59,7 +60,7 @@ class Config:
     report_prompts: int = setting(6, ge=0)  # how many of REPORT_PROMPTS to answer before and after
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
-    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: README)
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: docs/benchmarks.md)
     seed: int = setting(1337, ge=0)
 
 

@@ -92,6 +92,24 @@ Hugging Face cache (`place_hf_model`)
     `LocalEntryNotFoundError` (a FileNotFoundError), which KerasHub reads
     as "absent", as it reads the Hub's 404. No network call is made.
 
+Hugging Face Hub datasets (`HubServer.serve_hf_dataset`, `hf_dataset_files`, `hf_env`)
+    `data=hf:NAME` reads through `datasets.load_dataset_builder` and
+    huggingface_hub, pointed at the server with `HF_ENDPOINT` (read at import:
+    the runs are fresh processes, `run_guarded`). The server answers what
+    they ask for a dataset repository: `HEAD/GET /datasets/ID/resolve/REV/PATH`
+    (README.md, the parquet files; X-Repo-Commit and ETag headers; 404
+    EntryNotFound for the probes of ID.py, .huggingface.yaml and
+    dataset_infos.json), `GET /api/datasets/ID/revision/REV` (sha,
+    siblings), `GET /api/datasets/ID/tree/REV[/PATH]` and `POST
+    /api/datasets/ID/paths-info/REV`, and 404 for the dataset viewer's
+    `/info` (`http://datasets-server.<HF_ENDPOINT host>`, reached through
+    the proxy). A repo set up with a status answers every request with it,
+    as the Hub does: 401/403 `X-Error-Code: GatedRepo`, 404 `RepoNotFound`,
+    500. `datasets` also counts downloads with a HEAD to an S3 bucket that
+    HF_ENDPOINT does not move: the proxy refuses it (`outside`); tests set
+    HF_UPDATE_DOWNLOAD_COUNTS=0. The second read is from the datasets cache
+    with no server and HF_HUB_OFFLINE=1.
+
 Network guard (`HubServer.env`, `network_guard`)
     Subprocess runs get the proxy variables pointing at the server, which
     records any request for another host (and any CONNECT, i.e. https) as
@@ -280,6 +298,7 @@ class HubServer:
         self.files = {}
         self.kaggle_api = "not_found"
         self.served, self.kaggle_calls, self.outside = [], [], []
+        self.hf_datasets, self.hf_calls = {}, []  # Hugging Face Hub datasets (serve_hf_dataset)
         self._lock = threading.Lock()
         hub = self
 
@@ -310,6 +329,8 @@ class HubServer:
                     path = parts.path + (f"?{parts.query}" if parts.query else "")
                     if where in {("127.0.0.1", hub.port), ("localhost", hub.port)}:
                         pass
+                    elif where == ("datasets-server.127.0.0.1", hub.port) and hub.hf_datasets:
+                        return self._hf_viewer(path)
                     elif where in KAGGLE_API_HOSTS and path.startswith("/api/"):
                         return self._kaggle(path, body)
                     else:
@@ -318,6 +339,8 @@ class HubServer:
                     path = target
                 if path.startswith("/api/v1/"):
                     return self._kaggle(path, body)
+                if path.startswith(("/api/datasets/", "/datasets/")) and hub.hf_datasets:
+                    return self._hf(path, body)
                 data = hub.files.get(urlsplit(path).path)
                 if data is None:
                     return self._answer(404, b"not served here", "text/plain")
@@ -338,6 +361,23 @@ class HubServer:
                 message = json.dumps({"code": 404, "message": "Not found (loopback stand-in "
                                       "of the Kaggle API)"}).encode()
                 self._answer(404, message, "application/json")
+
+            def _hf(self, path, body):
+                code, headers, data = hub._hf_answer(self.command, path, body)
+                self.send_response(code)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def _hf_viewer(self, path):
+                # The dataset viewer (`datasets` asks it for a parquet export's
+                # infos at http://datasets-server.<HF_ENDPOINT host>): none here.
+                with hub._lock:
+                    hub.hf_calls.append(f"{self.command} viewer {path}")
+                self._answer(404, b'{"error": "no dataset viewer here"}', "application/json")
 
             def _refuse(self, what):
                 with hub._lock:
@@ -386,6 +426,111 @@ class HubServer:
             self.served.clear()
             self.kaggle_calls.clear()
             self.outside.clear()
+
+    # ------------------------------------------------ Hugging Face Hub datasets
+
+    def serve_hf_dataset(self, repo_id, files=None, status=None):
+        """Serves a dataset repository in the Hub's layout at `HF_ENDPOINT`
+        = `self.url` (see `hf_dataset_files`), or, with `status`, answers
+        every request for it with that HTTP status as the Hub does: 401 (a
+        gated repo, anonymous), 403 (gated, access not granted), 404 (no
+        such repo), 500 (a server failure)."""
+        files = dict(files or {})
+        oids = {path: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+                for path, data in files.items()}
+        sha = hashlib.sha1(json.dumps(sorted(oids.items())).encode()).hexdigest()
+        self.hf_datasets[repo_id] = {"files": files, "oids": oids, "sha": sha,
+                                     "status": status}
+        return sha
+
+    def _hf_answer(self, method, target, body):
+        """(status, headers, body) of the Hub for `target`: what huggingface_hub
+        and `datasets` ask for a dataset repository (README.md and data files
+        at /datasets/ID/resolve/REV/PATH; /api/datasets/ID[/revision/REV];
+        /api/datasets/ID/tree/REV[/PATH]; POST /api/datasets/ID/paths-info/REV)."""
+        from urllib.parse import parse_qs, unquote
+
+        parts = urlsplit(target)
+        path = unquote(parts.path)
+        with self._lock:
+            self.hf_calls.append(f"{method} {target}")
+        as_json = {"Content-Type": "application/json"}
+        repo_id = next((r for r in sorted(self.hf_datasets, key=len, reverse=True)
+                        if path.startswith((f"/datasets/{r}/", f"/api/datasets/{r}/"))
+                        or path == f"/api/datasets/{r}"), None)
+        if repo_id is None:
+            return 404, {**as_json, "X-Error-Code": "RepoNotFound",
+                         "X-Error-Message": "Repository not found"}, b'{"error": "not found"}'
+        repo = self.hf_datasets[repo_id]
+        status = repo["status"]
+        if status in (401, 403):
+            return status, {**as_json, "X-Error-Code": "GatedRepo", "X-Error-Message":
+                            "Access to this dataset is restricted."}, b'{"error": "gated"}'
+        if status == 404:
+            return 404, {**as_json, "X-Error-Code": "RepoNotFound",
+                         "X-Error-Message": "Repository not found"}, b'{"error": "not found"}'
+        if status:
+            return status, {"Content-Type": "text/plain"}, b"Internal Error"
+        files, oids, sha = repo["files"], repo["oids"], repo["sha"]
+
+        def revision_ok(rev):
+            return rev in ("main", sha)
+
+        def entry(p):
+            if p in files:
+                return {"type": "file", "oid": oids[p], "size": len(files[p]), "path": p}
+            return {"type": "directory", "oid": sha, "size": 0, "path": p}
+
+        def exists(p):
+            return p in files or any(f.startswith(p + "/") for f in files)
+
+        no_revision = (404, {**as_json, "X-Error-Code": "RevisionNotFound"}, b"{}")
+        resolve = f"/datasets/{repo_id}/resolve/"
+        if path.startswith(resolve):
+            rev, _, file = path[len(resolve):].partition("/")
+            if not revision_ok(rev):
+                return no_revision
+            if file not in files:
+                return 404, {**as_json, "X-Error-Code": "EntryNotFound",
+                             "X-Error-Message": "Entry not found"}, b'{"error": "no entry"}'
+            return 200, {"Content-Type": "application/octet-stream", "X-Repo-Commit": sha,
+                         "ETag": f'"{oids[file]}"'}, files[file]
+        api = f"/api/datasets/{repo_id}"
+        rest = path[len(api):].strip("/")
+        if rest == "" or rest.startswith("revision/"):
+            if rest and not revision_ok(rest[len("revision/"):]):
+                return no_revision
+            info = {"id": repo_id, "sha": sha, "private": False, "gated": False,
+                    "disabled": False, "downloads": 0, "likes": 0, "tags": [],
+                    "lastModified": "2026-01-01T00:00:00.000Z", "cardData": {},
+                    "siblings": [{"rfilename": f} for f in sorted(files)]}
+            return 200, as_json, json.dumps(info).encode()
+        if rest.startswith("tree/"):
+            rev, _, folder = rest[len("tree/"):].partition("/")
+            if not revision_ok(rev):
+                return no_revision
+            if folder and not exists(folder):
+                return 404, {**as_json, "X-Error-Code": "EntryNotFound"}, b"{}"
+            recursive = parse_qs(parts.query).get("recursive", ["false"])[0] == "true"
+            prefix = folder + "/" if folder else ""
+            found = set()
+            for f in files:
+                if not f.startswith(prefix):
+                    continue
+                pieces = f[len(prefix):].split("/")
+                for n in range(1, len(pieces) + 1 if recursive else 2):
+                    found.add(prefix + "/".join(pieces[:n]))
+            return 200, as_json, json.dumps([entry(p) for p in sorted(found)]).encode()
+        if rest.startswith("paths-info/"):
+            if not revision_ok(rest[len("paths-info/"):]):
+                return no_revision
+            try:
+                asked = json.loads(body).get("paths", [])
+            except ValueError:
+                asked = parse_qs(body.decode()).get("paths", [])
+            asked = [asked] if isinstance(asked, str) else asked
+            return 200, as_json, json.dumps([entry(p) for p in asked if exists(p)]).encode()
+        return 404, {**as_json, "X-Error-Code": "EntryNotFound"}, b"{}"
 
     def close(self):
         self._server.shutdown()
@@ -579,3 +724,116 @@ def tfds_mirror(server, archives, data_dir):
             mp.undo()
             checksums._checksum_paths.cache_clear()
             checksums.get_all_url_infos.cache_clear()
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+
+
+def hf_dataset_files(splits, features=None, config=None):
+    """The files of a small dataset repository in the Hub's layout, as
+    `datasets.push_to_hub` leaves it: one parquet file a split (the
+    features, ClassLabel names included, in the parquet schema's
+    "huggingface" metadata, where `datasets` reads them back).
+
+    Args:
+        splits: {split: {column: list of values}}.
+        features: dict of `datasets` features (e.g. `{"text": Value("string"),
+            "label": ClassLabel(names=["neg", "pos"])}`), or None to infer.
+        config: str or None. With a name, the files go under CONFIG/ and a
+            README.md declares the config (`configs:` YAML, as the real
+            stanfordnlp/imdb's "plain_text"); without, under data/ with no
+            README (`datasets` infers the splits from the file names).
+
+    Returns:
+        {path in the repo: bytes}.
+    """
+    import datasets
+
+    folder = config or "data"
+    files, yaml = {}, []
+    for split, columns in splits.items():
+        ds = datasets.Dataset.from_dict(
+            columns, features=datasets.Features(features) if features else None)
+        buf = io.BytesIO()
+        ds.to_parquet(buf)
+        files[f"{folder}/{split}-00000-of-00001.parquet"] = buf.getvalue()
+        yaml.append(f"  - split: {split}\n    path: {folder}/{split}-*\n")
+    if config:
+        files["README.md"] = (f"---\nconfigs:\n- config_name: {config}\n  data_files:\n"
+                              + "".join(yaml) + "  default: true\n---\n# A small stand-in\n"
+                              ).encode()
+    return files
+
+
+# A fresh process whose socket connections may reach the loopback server only
+# (argv[1] is its port), running `kerastune ARGS...` (argv[2:]) or, after
+# "-c", the code in argv[3] with the rest as its sys.argv[1:].
+GUARDED = """
+import socket, sys
+port = int(sys.argv[1])
+allowed = {("127.0.0.1", port), ("localhost", port)}
+real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+def check(sock, address):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and tuple(address[:2]) not in allowed:
+        sys.stderr.write(f"network_guard: refused {address}\\n")
+        raise ConnectionRefusedError(f"network_guard: no network in tests ({address})")
+
+def connect(sock, address):
+    check(sock, address)
+    return real_connect(sock, address)
+
+def connect_ex(sock, address):
+    check(sock, address)
+    return real_connect_ex(sock, address)
+
+socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+import os
+if os.environ.get("HUBS_NO_RETRY_WAIT"):  # huggingface_hub retries 5xx and lost
+    import time, types                    # connections 5 times, 23 s of back-off
+    import huggingface_hub.utils._http as http
+    http.time = types.SimpleNamespace(time=time.time, monotonic=time.monotonic,
+                                      sleep=lambda seconds: None)
+if sys.argv[2] == "-c":
+    code, sys.argv = sys.argv[3], [sys.argv[0], *sys.argv[4:]]
+    exec(compile(code, "<guarded>", "exec"), {"__name__": "__main__"})
+else:
+    from kerastune_lab.cli import main
+    main(sys.argv[2:])
+"""
+
+
+def run_guarded(port, *args, env=None, timeout=600):
+    """`GUARDED` in a fresh process (cwd: the checkout) with `env` over this
+    process's environment. Returns subprocess.CompletedProcess (text)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", GUARDED, str(port), *map(str, args)],
+                          capture_output=True, text=True, cwd=root, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def hf_env(server, home, offline=False):
+    """Environment for a fresh process that reads Hugging Face datasets from
+    `server` (HF_ENDPOINT) into caches under `home` (HF_HOME), every other
+    request sent to the server as a proxy and refused there; with
+    `offline`, HF_HUB_OFFLINE=1 (HF_DATASETS_OFFLINE too) and no server."""
+    env = dict(server.env()) if server is not None else {}
+    env.update(HF_HOME=str(home), HF_HUB_CACHE=os.path.join(str(home), "hub"),
+               HF_DATASETS_CACHE=os.path.join(str(home), "datasets"),
+               HF_HUB_OFFLINE="1" if offline else "0",
+               HF_DATASETS_OFFLINE="1" if offline else "0",
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_IMPLICIT_TOKEN="1")
+    if server is not None:
+        env["HF_ENDPOINT"] = server.url
+    else:  # no Hub: a port nothing listens on (see `closed_port`)
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    return env
+
+
+def closed_port():
+    """A loopback port that nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -202,8 +202,7 @@ CASES = [
      ["unknown backend", "theano", "expected one of"]),
     ("run-recipe-not-py", ["run", "{in}/recipe.txt"], ["recipe.txt", "expected a Python file"]),
     ("run-recipe-missing", ["run", "{in}/nope.py"], ["nope.py", "does not exist"]),
-    ("run-unknown-key", ["run", CATS, "--smoke", "epoch=3"],
-     ["unknown config key 'epoch'", "did you mean epochs"]),
+    # a misspelt key, recipe or preset ("did you mean"): tests/test_did_you_mean.py
     ("run-wrong-type", ["run", CATS, "--smoke", "learning_rate=fast"],
      ["learning_rate=fast", "expected float"]),
     ("run-out-of-range", ["run", CATS, "--smoke", "epochs=-1"], ["epochs=-1", "expected >= 0"]),
@@ -411,10 +410,6 @@ CASES = [
     ("merge-adapter-rank-a-string", ["merge", "{damaged}", "--output", "{in}/merged"],
      ["adapter.lora.h5", "metadata rank='2'"]),
     # recipes by name, cp
-    ("run-unknown-recipe-name", ["run", "cats_vs_dog", "--smoke"],
-     ["no recipe named 'cats_vs_dog'", "did you mean 'cats_vs_dogs'"]),
-    ("cp-unknown-recipe", ["cp", "lora_chats", "{in}/mine.py"],
-     ["no recipe named 'lora_chats'", "did you mean 'lora_chat'"]),
     ("cp-onto-an-existing-file", ["cp", "lora_chat", "{in}/notes.txt"],
      ["notes.txt", "already exists"]),
     ("recipes-extra-argument", ["recipes", "lora_chat"], ["unexpected extra argument"]),
@@ -484,3 +479,143 @@ def test_every_cli_command_has_a_row():
     from kerastune_lab.cli import cli as group
 
     assert {c[1][0] for c in CASES} == set(group.commands)
+
+
+# ---------------------------------------------------------------- data=hf:NAME
+# Hugging Face datasets (issue 29), through the real `datasets` code and a
+# loopback Hub (tests/hubs.py: `HubServer.serve_hf_dataset`). `datasets` and
+# huggingface_hub read HF_ENDPOINT and HF_HUB_OFFLINE at import, so these rows
+# run in fresh processes, one per kind of Hub (`HF_ROWS`), every row of a
+# kind in the same process, each row's stderr kept apart. A refused input
+# exits 2 (bad input); a dataset that cannot be downloaded exits 1, as a
+# preset or TFDS dataset that cannot (`DownloadFailed`).
+HF_REVIEWS = "org/tiny_reviews"
+
+# (id, hub: "online" | "offline" (no server, HF_HUB_OFFLINE=1) | "no-network"
+# (no server) | "no-datasets" (the library missing), args, exit code, fragments)
+HF_CASES = [
+    ("hf-missing-column", "online", ["run", IMDB, "--smoke", f"data=hf:{HF_REVIEWS}",
+                                     "text_column=review", "label_column=label"], 2,
+     [f"hf:{HF_REVIEWS}[train]", "no column 'review'", "its columns are 'text' (string), "
+      "'label' (class label: neg, pos), 'stars' (float32)", "set text_column="]),
+    ("hf-label-column-wrong-type", "online",
+     ["run", IMDB, "--smoke", f"data=hf:{HF_REVIEWS}", "text_column=text",
+      "label_column=stars"], 2,
+     ["column 'stars' is float32, expected class labels (a ClassLabel, string or integer "
+      "column)", "set label_column="]),
+    ("hf-unknown-config", "online", ["run", IMDB, "--smoke", f"data=hf:{HF_REVIEWS}:sst2",
+                                     "text_column=text", "label_column=label"], 2,
+     ["no config 'sst2'", "it has plain_text", f"hf:{HF_REVIEWS}:CONFIG"]),
+    ("hf-unknown-split", "online", ["run", IMDB, "--smoke", f"data=hf:{HF_REVIEWS}@valid",
+                                    "text_column=text", "label_column=label"], 2,
+     ["no 'valid' split", "it has train, test"]),
+    ("hf-malformed-name", "online", ["run", IMDB, "--smoke", "data=hf:org/a/b"], 2,
+     ["'hf:org/a/b'", "expected hf:NAME, hf:NAME:CONFIG"]),
+    ("hf-chat-no-chat-columns", "online", ["run", SARCASM, "--smoke",
+                                           f"data=hf:{HF_REVIEWS}"], 2,
+     ["no column 'messages'", "nor 'prompt' and 'response'", "'text' (string)"]),
+    ("hf-chat-heldout-system-role", "online", ["run", SARCASM, "--smoke",
+                                               "heldout_data=hf:org/system_chats@train"], 2,
+     ["chat data 'hf:org/system_chats[train]' row 0", "role 'system'"]),
+    ("hf-gated-401", "online", ["run", IMDB, "--smoke", "data=hf:org/gated"], 1,
+     ["cannot download Hugging Face dataset 'org/gated'", "access refused (a gated dataset)",
+      "https://huggingface.co/datasets/org/gated", "HF_TOKEN"]),
+    ("hf-missing-404", "online", ["run", IMDB, "--smoke", "data=hf:org/no_such_data"], 1,
+     ["'org/no_such_data'", "does not exist or cannot be accessed"]),
+    ("hf-server-500", "online", ["run", SARCASM, "--smoke", "data=hf:org/broken"], 1,
+     ["'org/broken'", "the Hugging Face Hub failed (HTTP 500); try again later"]),
+    ("hf-offline-not-cached", "offline", ["run", IMDB, "--smoke", f"data=hf:{HF_REVIEWS}"], 1,
+     ["offline mode is on (HF_HUB_OFFLINE=1)", "not in the datasets cache", "HF_HOME"]),
+    ("hf-no-network", "no-network", ["run", SARCASM, "--smoke", f"data=hf:{HF_REVIEWS}"], 1,
+     [f"'{HF_REVIEWS}'", "no connection", "run the same command once online"]),
+    ("hf-datasets-not-installed", "no-datasets",
+     ["run", IMDB, "--smoke", f"data=hf:{HF_REVIEWS}"], 2,
+     ["needs the datasets library", "pip install 'kerastune-lab[hf-data]'"]),
+]
+
+# Runs `kerastune` once per row of argv[1] (a JSON list of argument lists) in
+# this one process; prints a JSON list of [exit code, stderr]. Under
+# "no-datasets", importing `datasets` fails.
+HF_ROWS = """
+import contextlib, io, json, os, sys
+if os.environ.get("HF_ROWS_NO_DATASETS"):
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "datasets":
+                raise ImportError("No module named 'datasets'")
+    sys.meta_path.insert(0, Refuse())
+from kerastune_lab.cli import main
+found = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    found.append([code, err.getvalue()])
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def hf_rows(tmp_path_factory):
+    """{case id: (exit code, stderr, output dir)} of every HF_CASES row."""
+    pytest.importorskip("datasets")
+    from datasets import ClassLabel, Value
+
+    from tests import hubs
+
+    root = tmp_path_factory.mktemp("hf")
+    texts, labels = testing.reviews(24, 0)
+    reviews = hubs.hf_dataset_files(
+        {split: {"text": texts, "label": [int(y) for y in labels],
+                 "stars": [float(y) for y in labels]} for split in ("train", "test")},
+        {"text": Value("string"), "label": ClassLabel(names=["neg", "pos"]),
+         "stars": Value("float32")}, config="plain_text")
+    system = hubs.hf_dataset_files({"train": {"messages": [[
+        {"role": "system", "content": "Be dry."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Oh. It's you."}]]}})
+    found = {}
+    with hubs.hub_server() as server:
+        server.serve_hf_dataset(HF_REVIEWS, reviews)
+        server.serve_hf_dataset("org/system_chats", system)
+        server.serve_hf_dataset("org/gated", reviews, status=401)
+        server.serve_hf_dataset("org/broken", reviews, status=500)
+        for hub in ("online", "offline", "no-network", "no-datasets"):
+            rows = [c for c in HF_CASES if c[1] == hub]
+            argv = [[*args, "--output-dir", str(root / case)] for case, _, args, _, _ in rows]
+            live = server if hub == "online" else None
+            env = dict(hubs.hf_env(live, root / hub, offline=hub == "offline"),
+                       HF_UPDATE_DOWNLOAD_COUNTS="0", HUBS_NO_RETRY_WAIT="1",
+                       KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"))
+            if hub == "no-datasets":
+                env["HF_ROWS_NO_DATASETS"] = "1"
+            port = server.port if live else hubs.closed_port()
+            result = hubs.run_guarded(port, "-c", HF_ROWS, json.dumps(argv), env=env,
+                                      timeout=600)
+            assert result.returncode == 0, result.stderr[-3000:]
+            answers = json.loads(result.stdout.strip().splitlines()[-1])
+            for (case, *_), (code, err) in zip(rows, answers):
+                found[case] = (code, err, root / case)
+        assert server.outside == []
+    return found
+
+
+@pytest.mark.parametrize("case, hub, args, code, fragments", HF_CASES,
+                         ids=[c[0] for c in HF_CASES])
+def test_bad_hf_data(hf_rows, case, hub, args, code, fragments):
+    from tests.conftest import CliResult
+
+    got, err, out = hf_rows[case]
+    if code == 2:
+        assert_one_line_error(CliResult(got, "", err), *fragments)
+    else:  # a download that failed: exit code 1, one line, no traceback
+        lines = [line for line in err.strip().splitlines()
+                 if line.startswith("kerastune: error:")]
+        assert got == 1 and len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("kerastune: error: cannot download"), lines[0]
+        for fragment in fragments:
+            assert fragment in lines[0], (fragment, lines[0])
+    assert not out.exists()

@@ -4,6 +4,10 @@
     {"messages": [{"role": "user", "content": "Hi"},
                   {"role": "assistant", "content": "Oh. It's you."}, ...]}
 
+or a Hugging Face dataset, `hf:NAME[:CONFIG][@SPLIT]` (`data.hf_data`), with
+a `messages` column of role/content messages or `prompt` and `response`
+columns, checked as the JSONL records are.
+
 Each conversation is rendered and loss-masked by the chat template
 (`data.chat_template`), then packed into windows (`data.packing`). The chat
 recipes read their files first (`read_conversations`: bad input fails before
@@ -15,6 +19,7 @@ import json
 import logging
 import os
 
+from kerastune_lab.data import hf_data
 from kerastune_lab.data.chat_template import (  # noqa: F401 (this module's public names)
     DEFAULT_TEMPLATE,
     EOS_TEMPLATE,
@@ -41,16 +46,21 @@ log = logging.getLogger("kerastune_lab")
 chat_dataset, chat_stream = sequence_dataset, sequence_stream
 
 
+def _at(line):
+    """Where a record is: "line N" of a file, or as given ("row N" of a dataset)."""
+    return f"line {line}" if isinstance(line, int) else line
+
+
 def _text(value, path, line, what):
     if not isinstance(value, str):
         raise KerastuneError(
-            f"chat data {path!r} line {line}: the {what} is a {type(value).__name__}, "
+            f"chat data {path!r} {_at(line)}: the {what} is a {type(value).__name__}, "
             "expected a string")
     if not value.strip():
-        raise KerastuneError(f"chat data {path!r} line {line}: the {what} is empty")
+        raise KerastuneError(f"chat data {path!r} {_at(line)}: the {what} is empty")
     problem = unicode_problem(value, escaped=False)
     if problem:
-        raise KerastuneError(f"chat data {path!r} line {line}: the {what}: {problem}; "
+        raise KerastuneError(f"chat data {path!r} {_at(line)}: the {what}: {problem}; "
                              "expected UTF-8 text")
     return value
 
@@ -60,40 +70,40 @@ def _turns(record, path, line):
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
             raise KerastuneError(
-                f"chat data {path!r} line {line}: \"messages\" must be a non-empty list of "
+                f"chat data {path!r} {_at(line)}: \"messages\" must be a non-empty list of "
                 "{\"role\": ..., \"content\": ...}")
         turns = []
         for n, message in enumerate(messages, start=1):
             if not isinstance(message, dict) or "role" not in message or "content" not in message:
                 raise KerastuneError(
-                    f"chat data {path!r} line {line}: message {n} needs \"role\" and "
+                    f"chat data {path!r} {_at(line)}: message {n} needs \"role\" and "
                     "\"content\"")
             role = message["role"]
             if role not in ROLES:
                 raise KerastuneError(
-                    f"chat data {path!r} line {line}: message {n} has role {role!r}, "
+                    f"chat data {path!r} {_at(line)}: message {n} has role {role!r}, "
                     f"expected one of {', '.join(ROLES)}")
             turns.append((role, _text(message["content"], path, line,
                                       f"content of message {n} ({role})")))
         if not any(role == "assistant" for role, _ in turns):
             raise KerastuneError(
-                f"chat data {path!r} line {line}: the conversation has no assistant turn; "
+                f"chat data {path!r} {_at(line)}: the conversation has no assistant turn; "
                 "expected at least one message with role \"assistant\"")
         for n, (role, _) in enumerate(turns):
             if role != ROLES[n % 2]:
                 raise KerastuneError(
-                    f"chat data {path!r} line {line}: message {n + 1} is {role!r}; expected "
+                    f"chat data {path!r} {_at(line)}: message {n + 1} is {role!r}; expected "
                     "turns alternating user, assistant, starting with user")
         if turns[-1][0] != "assistant":
             raise KerastuneError(
-                f"chat data {path!r} line {line}: the conversation ends with a user turn; "
+                f"chat data {path!r} {_at(line)}: the conversation ends with a user turn; "
                 "expected it to end with the assistant's reply")
         return turns
     if "prompt" in record and "response" in record:
         return [("user", _text(record["prompt"], path, line, "prompt")),
                 ("assistant", _text(record["response"], path, line, "response"))]
     raise KerastuneError(
-        f"chat data {path!r} line {line}: expected keys \"prompt\" and \"response\" or "
+        f"chat data {path!r} {_at(line)}: expected keys \"prompt\" and \"response\" or "
         f"\"messages\", the record has {', '.join(map(repr, record)) or 'no keys'}")
 
 
@@ -120,7 +130,7 @@ def read_chat_jsonl(path):
                 content = raw.decode("utf-8-sig" if line == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise KerastuneError(
-                    f"chat data {path!r} line {line}: not UTF-8 text") from None
+                    f"chat data {path!r} {_at(line)}: not UTF-8 text") from None
             if not content.strip():
                 continue
             try:
@@ -129,16 +139,40 @@ def read_chat_jsonl(path):
                 why = (f"not valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError)
                        else "JSON nested too deeply to read")
                 raise KerastuneError(
-                    f"chat data {path!r} line {line}: {why}; "
+                    f"chat data {path!r} {_at(line)}: {why}; "
                     "expected one JSON object a line") from None
             if not isinstance(record, dict):
                 raise KerastuneError(
-                    f"chat data {path!r} line {line}: expected a JSON object, received "
+                    f"chat data {path!r} {_at(line)}: expected a JSON object, received "
                     f"{type(record).__name__}")
             conversations.append(_turns(record, path, line))
     if not conversations:
         raise KerastuneError(f"chat data {path!r} holds no conversations")
     return conversations
+
+
+def read_chat_hf(data, split="train"):
+    """Reads chat conversations from a Hugging Face dataset split.
+
+    Args:
+        data: str. `hf:NAME[:CONFIG][@SPLIT]`: a `messages` column (lists of
+            {"role", "content"}, as `read_chat_jsonl`'s) or `prompt` and
+            `response` string columns.
+        split: str. The split read when `data` names none. Defaults to "train".
+
+    Returns:
+        A list of conversations, each a list of (role, text) turns.
+    """
+    source, rows = hf_data.read_chat_records(data, split)
+    conversations = [_turns(record, source, f"row {row}") for row, record in rows]
+    if not conversations:
+        raise KerastuneError(f"chat data {source!r} holds no conversations")
+    return conversations
+
+
+def read_chat(data, split="train"):
+    """`read_chat_hf(data, split)` for `hf:...`, else `read_chat_jsonl(data)`."""
+    return read_chat_hf(data, split) if hf_data.is_hf(data) else read_chat_jsonl(data)
 
 
 def pack_conversations(conversations, template, sequence_length, loss_on="assistant", pack=True,
@@ -151,21 +185,24 @@ def pack_conversations(conversations, template, sequence_length, loss_on="assist
 
 
 def read_conversations(data, heldout_data, max_examples=0):
-    """Reads a chat recipe's training and held-out JSONL files.
+    """Reads a chat recipe's training and held-out conversations.
 
     Args:
-        data: str. The training conversations (see `read_chat_jsonl`).
-        heldout_data: str. Conversations never trained on, for perplexity.
+        data: str. The training conversations: a JSONL file (see
+            `read_chat_jsonl`) or `hf:NAME[:CONFIG][@SPLIT]` (its `train`
+            split unless it names one; see `read_chat_hf`).
+        heldout_data: str. Conversations never trained on, for perplexity:
+            a JSONL file or `hf:...` (its `test` split unless it names one).
         max_examples: int. Keep only the first N training conversations; 0
             for all.
 
     Returns:
         (train, heldout): lists of conversations.
     """
-    train = read_chat_jsonl(data)
+    train = read_chat(data, "train")
     if max_examples:
         train = train[:max_examples]
-    return train, read_chat_jsonl(heldout_data)
+    return train, read_chat(heldout_data, "test")
 
 
 def pack_chat_data(train, heldout, template, sequence_length, loss_on="assistant", pack=True,

@@ -3,11 +3,14 @@
     data=tfds:imdb_reviews        any TFDS dataset with (text, label) supervised keys
     data=reviews.csv              a header row; a text column and a label column
     data=reviews.jsonl            one JSON object a line, with the same two keys
+    data=hf:stanfordnlp/imdb      a Hugging Face dataset (`data.hf_data`), hf:NAME[:CONFIG][@SPLIT]
 
 Labels may be any strings; the class names are the sorted label values (for
-TFDS, the dataset's own label names, in its order). Empty texts are dropped
-and counted. A held-out test set is another file (or the TFDS `test` split);
-without one, a stratified split of the training data.
+TFDS and a Hugging Face ClassLabel column, the dataset's own label names, in
+its order). Empty texts are dropped and counted. A held-out test set is
+another file (or the TFDS `test` split, or the Hugging Face dataset's `test`
+split when `data` names no split); without one, a stratified split of the
+training data.
 
 Hand-written because no library reads these formats with what a user needs
 to fix bad input: `tf.data.experimental.make_csv_dataset` and pandas stop at
@@ -25,7 +28,7 @@ import os
 
 import numpy as np
 
-from kerastune_lab.data import tfds_builder, tfds_load
+from kerastune_lab.data import hf_data, tfds_builder, tfds_load
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.text_checks import unicode_problem
 
@@ -41,7 +44,7 @@ class LabelledTexts:
 
     texts: list  # str, none empty
     labels: list  # str, one a text
-    class_names: list = None  # the source's own label names (TFDS), else None
+    class_names: list = None  # the source's own label names (TFDS, ClassLabel), else None
     dropped_empty: int = 0  # empty texts dropped while reading
 
 
@@ -250,10 +253,21 @@ def read_tfds(name, split, data_dir=None):
     return LabelledTexts(texts, labels, list(label.names), len(empty))
 
 
+def read_hf(data, split="train", text_column="text", label_column="label"):
+    """Reads a Hugging Face dataset split (`hf:NAME[:CONFIG][@SPLIT]`, see
+    `data.hf_data`); the class names are its ClassLabel's, if it is one."""
+    texts, labels, names, empty = hf_data.read_texts(data, split, text_column, label_column)
+    _report_empty(hf_data.source_name(data, split), len(texts), empty)
+    return LabelledTexts(texts, labels, names, len(empty))
+
+
 def read_labelled_texts(data, split="train", text_column="text", label_column="label"):
-    """Reads `data`: `tfds:NAME` (its `split`) or a CSV/TSV/JSONL file."""
+    """Reads `data`: `tfds:NAME` (its `split`), `hf:NAME[:CONFIG][@SPLIT]`
+    (its own split, else `split`) or a CSV/TSV/JSONL file."""
     if data.startswith(TFDS_PREFIX):
         return read_tfds(data[len(TFDS_PREFIX):], split)
+    if hf_data.is_hf(data):
+        return read_hf(data, split, text_column, label_column)
     return read_text_file(data, text_column, label_column)
 
 
@@ -327,14 +341,24 @@ def text_stream(texts, labels, batch_size, seed=0):
     return Stream(examples, len(texts), batch_size, seed)
 
 
+def uses_own_test_split(data):
+    """Whether `data` brings its own test set: a TFDS dataset's `test` split,
+    or a Hugging Face dataset's when `data` names no split and it has one."""
+    return data.startswith(TFDS_PREFIX) or hf_data.has_split(data, "test")
+
+
 def load_text_data(data, test_data="", text_column="text", label_column="label",
                    batch_size=32, test_split=0.2, val_split=0.1, seed=0):
     """Loads training, validation and test texts as tf.data pipelines.
 
     Args:
-        data: str. `tfds:NAME` or a CSV/TSV/JSONL file: the training set.
-        test_data: str. A held-out file of the same layout. Defaults to `""`:
-            the TFDS `test` split, or a stratified `test_split` of `data`.
+        data: str. `tfds:NAME`, `hf:NAME[:CONFIG][@SPLIT]` or a CSV/TSV/JSONL
+            file: the training set (a Hugging Face dataset's `train` split
+            unless `data` names one).
+        test_data: str. A held-out file of the same layout (or `hf:...`).
+            Defaults to `""`: the TFDS `test` split, the Hugging Face
+            dataset's `test` split when `data` names no split and it has one,
+            or a stratified `test_split` of `data`.
         text_column: str. Column or key with the text. Defaults to `"text"`.
         label_column: str. Column or key with the label. Defaults to `"label"`.
         batch_size: int. Defaults to 32.
@@ -352,7 +376,7 @@ def load_text_data(data, test_data="", text_column="text", label_column="label",
     class_names = _class_names(train, data)
     texts, labels = train.texts, encode_labels(train.labels, class_names, data)
     dropped = {"train": train.dropped_empty, "test": 0}
-    if test_data or data.startswith(TFDS_PREFIX):
+    if test_data or uses_own_test_split(data):
         source = test_data or data
         test = read_labelled_texts(source, "test", text_column, label_column)
         test_texts, test_labels = test.texts, encode_labels(test.labels, class_names, source)

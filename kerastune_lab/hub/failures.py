@@ -140,11 +140,14 @@ def _status(exc):
 def _url(chain):
     """The URL a failed request asked for, when the chain holds one."""
     for e in chain:
-        request = getattr(e, "request", None)
+        try:  # httpx's `.request` raises RuntimeError when it was never set
+            request = getattr(e, "request", None)
+            response = getattr(e, "response", None)
+        except RuntimeError:
+            request = response = None
         url = getattr(request, "url", None)
         if isinstance(url, str):
             return url
-        response = getattr(e, "response", None)
         url = getattr(response, "url", None)
         if isinstance(url, str):
             return url
