@@ -139,3 +139,24 @@ def file_tree(root, mtimes=False):
             found[os.path.relpath(path, root)] = (
                 (digest, os.stat(path).st_mtime_ns) if mtimes else digest)
     return found
+
+
+# `kerastune` in a fresh process with `keras.Model.fit` spied on
+# (tests/keras_spy.py): what reached Keras, for the "what was used" checks.
+SPIED = """
+import sys
+from tests import keras_spy
+keras_spy.install(sys.argv[1])
+from kerastune_lab.cli import main
+main(sys.argv[2:])
+"""
+
+
+def run_cli_spied(record, *args, env=None, timeout=600):
+    """`run_cli` with every `fit` call recorded into `record` (JSON lines;
+    `tests.keras_spy.read(record)` reads them back)."""
+    full_env = dict(os.environ, KERAS_BACKEND=BACKEND, **(env or {}))
+    proc = subprocess.run([sys.executable, "-c", SPIED, str(record), *map(str, args)],
+                          capture_output=True, text=True, env=full_env, timeout=timeout,
+                          cwd=ROOT)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)

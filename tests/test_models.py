@@ -27,7 +27,6 @@ def test_known_names_handles_and_folders_pass(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("preset, fragment", [
-    ("resnet50_imagenet", "did you mean resnet_50_imagenet"),
     ("./no/such/folder", "folder does not exist"),
 ])
 def test_unknown_presets(preset, fragment):

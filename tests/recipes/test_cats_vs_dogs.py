@@ -9,7 +9,8 @@ import pytest
 
 from kerastune_lab import testing
 from kerastune_lab.console import is_startup_noise
-from tests.conftest import BACKEND, assert_one_line_error, recipe_path, run_cli
+from tests import keras_spy
+from tests.conftest import BACKEND, assert_one_line_error, recipe_path, run_cli, run_cli_spied
 
 RECIPE = recipe_path("cats_vs_dogs")
 
@@ -17,7 +18,12 @@ RECIPE = recipe_path("cats_vs_dogs")
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "cvd"
-    result = run_cli("run", RECIPE, "--smoke", "--output-dir", out, "head_epochs=1", "epochs=2")
+    # Every `fit` call recorded (tests/keras_spy.py): what reached Keras.
+    # A big head step, as the X-ray smoke run's: the tiny random backbone's
+    # features vary little, and at 1e-3 the 3 steps of one head epoch leave
+    # it at chance on tensorflow.
+    result = run_cli_spied(out.parent / "fit.jsonl", "run", RECIPE, "--smoke", "--output-dir",
+                           out, "head_epochs=1", "epochs=2", "head_learning_rate=0.1")
     assert result.code == 0, result
     return out, result
 
@@ -43,13 +49,35 @@ def test_smoke_run_writes_the_run_directory(smoke_run):
         rows = list(csv.DictReader(f))
     assert [r["phase"] for r in rows] == ["head", "finetune", "finetune"]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert float(rows[0]["learning_rate"]) == pytest.approx(1e-3)
+    assert float(rows[0]["learning_rate"]) == pytest.approx(0.1)
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("head_val_accuracy", "finetune_val_accuracy", "val_accuracy"):
-        assert 0.0 <= metrics[key] <= 1.0
+    # It learned: the smoke classes differ in colour and corner
+    # (`testing.make_image_folder`); chance on the balanced validation split
+    # (5 cats, 5 dogs) is 0.5, and a model that learned nothing fails these
+    # by a margin. Seen: 1.0 on jax, tensorflow and torch; 0.5 with the
+    # learning rate at 0. (After the one head epoch: 1.0 on jax and torch,
+    # still 0.5 on tensorflow, so head_val_accuracy is not bounded.)
+    assert metrics["num_val"] == 10
+    for key in ("finetune_val_accuracy", "val_accuracy"):
+        assert metrics[key] >= 0.8, (key, metrics[key])
     assert metrics["skipped"] == {"not_image": 1, "unreadable": 1}
     assert json.loads((out / "labels.json").read_text()) == ["cat", "dog"]
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporaries left
+
+
+def test_each_phase_trains_at_its_own_learning_rate(smoke_run):
+    """What the optimizer ran at, batch by batch (the spy's record), and
+    every row of history.csv: phase 1 at the head's rate, phase 2 at the low
+    one (the console's line is built from the argument, not the optimizer)."""
+    out, _ = smoke_run
+    config = json.loads((out / "config.json").read_text())["config"]
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    keras_spy.assert_phases_trained_at(
+        keras_spy.read(out.parent / "fit.jsonl"), rows,
+        {"head": config["head_learning_rate"], "finetune": config["learning_rate"]},
+        {"head": config["head_epochs"], "finetune": config["epochs"]})
+    assert (config["head_learning_rate"], config["learning_rate"]) == (0.1, 1e-4)
 
 
 def test_smoke_run_writes_the_evaluation_on_its_validation_split(smoke_run):
@@ -64,7 +92,11 @@ def test_smoke_run_writes_the_evaluation_on_its_validation_split(smoke_run):
     assert metrics["val_num_examples"] == metrics["num_val"]
     assert metrics["val_accuracy"] == pytest.approx(
         json.loads((out / "classification_report.json").read_text())["accuracy"], abs=1e-5)
-    assert 0 <= metrics["val_roc_auc"] <= 1 and "val_macro_f1" in metrics
+    # No bound on val_roc_auc: an untrained head on the tiny random backbone
+    # ranks these colours perfectly already (1.0 measured with the learning
+    # rate at 0, accuracy 0.5); its value is checked against the saved
+    # model's predictions in the augmentation test below.
+    assert "val_roc_auc" in metrics and "val_macro_f1" in metrics
     assert not [k for k in metrics if k.startswith("test_")]
     assert "evaluated on the validation split" in (out / "report.md").read_text()
     # The headline, rounded: "kerastune: val_accuracy 0.9, val_roc_auc 0.9557".
@@ -84,7 +116,7 @@ def test_smoke_data_says_its_broken_files_are_deliberate(smoke_run):
 def test_each_phase_is_announced_on_the_console_and_in_the_log(smoke_run):
     out, result = smoke_run
     head = ("kerastune: phase 1/2 (head): training the new head only, backbone frozen",
-            "learning rate 0.001, epoch 1 of 3")
+            "learning rate 0.1, epoch 1 of 3")
     finetune = ("kerastune: phase 2/2 (finetune): training everything, BatchNorm in "
                 "inference mode", "learning rate 0.0001, epochs 2-3 of 3")
     lines = result.stderr.splitlines()
@@ -139,7 +171,11 @@ def test_predict_prints_label_and_probability(smoke_run, tmp_path):
                 if line.strip() and not is_startup_noise(line)], result.stderr
     lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
     assert [line[0] for line in lines] == paths
-    assert all(line[1] in ("cat", "dog") and 0.5 <= float(line[2]) <= 1.0 for line in lines)
+    # The trained model tells them apart (exact labels: a label drawn at
+    # random, or one class everywhere, fails; three classes and labels.json's
+    # order: tests/test_what_was_used.py).
+    assert [line[1] for line in lines] == ["cat", "dog"]
+    assert all(0.5 <= float(line[2]) <= 1.0 for line in lines)
 
 
 def test_finished_run_is_not_overwritten(smoke_run, cli):
@@ -160,10 +196,7 @@ def _recipe_without_config(tmp_path):
     (["data={tmp}/nowhere"], ["data folder", "nowhere", "does not exist"]),
     (["data={tmp}/empty"], ["data folder", "holds no readable image"]),
     (["data={tmp}/oneclass"], ["one class only", "'cat'"]),
-    (["preset=resnet_50_imagenett"],
-     ["unknown preset 'resnet_50_imagenett'", "resnet_50_imagenet"]),
     (["epochs=abc"], ["epochs=abc", "expected int"]),
-    (["epoch=3"], ["unknown config key 'epoch'", "did you mean epochs"]),
     (["batch_size=8.5"], ["batch_size=8.5", "expected int"]),
 ])
 def test_bad_input(cli, tmp_path, args, fragments):

@@ -27,7 +27,7 @@ def test_smoke_run_writes_the_run_directory(smoke_run):
     for name in ("config.json", "history.csv", "metrics.json", "training_curves.png",
                  "labels.json", "FINISHED", "model/config.json", "model/task.json",
                  "model/tokenizer.json", "classification_report.json", "confusion_matrix.png",
-                 "roc.png", "pr.png", "report.md"):
+                 "roc.png", "pr.png", "report.md", "tensorboard/train"):
         assert os.path.exists(out / name), name
     config = json.loads((out / "config.json").read_text())
     assert config["backend"] == BACKEND and config["smoke"] is True
@@ -35,7 +35,9 @@ def test_smoke_run_writes_the_run_directory(smoke_run):
     assert json.loads((out / "labels.json").read_text()) == ["NEGATIVE", "POSITIVE"]
     metrics = json.loads((out / "metrics.json").read_text())
     # The generated reviews are learnable: the labels reached the model intact.
-    assert metrics["test_accuracy"] >= 0.85 and 0.0 <= metrics["test_roc_auc"] <= 1.0
+    # Chance is 0.5 for both (the test reviews are balanced); seen: 0.99 and
+    # 1.0, and 0.5 and 0.50 with learning_rate=1e-12 (a model that learned nothing).
+    assert metrics["test_accuracy"] >= 0.85 and metrics["test_roc_auc"] >= 0.9, metrics
     report = metrics["classification_report"]
     assert report["NEGATIVE"]["support"] + report["POSITIVE"]["support"] == metrics["num_test"]
     assert metrics["dropped_empty"] == {"train": 2, "test": 0}
@@ -95,8 +97,11 @@ def test_bad_data(cli, tmp_path, make, fragments):
 
 @pytest.mark.parametrize("args, fragments", [
     (["sequence_length=4096"], ["sequence_length=4096", "at most 128 tokens"]),
-    (["preset=distil_bert_base_en_uncasd"], ["unknown preset", "distil_bert_base_en_uncased"]),
-    (["mixed_precision=true", "mixed_precision_dtype=float8"], ["'float8'", "bfloat16"]),
+    (["precision=mixed_float8"], ["precision='mixed_float8'", "'mixed_bfloat16'"]),
+    # The older keys are refused, naming the one that replaced them.
+    (["mixed_precision=true"], ["'mixed_precision' is now 'precision'",
+                                "precision=mixed_bfloat16"]),
+    (["mixed_precision_dtype=float16"], ["'mixed_precision_dtype' is now 'precision'"]),
 ])
 def test_bad_config(cli, tmp_path, args, fragments):
     out = tmp_path / "run"
@@ -146,7 +151,7 @@ def test_mixed_precision_run_loads_back(cli, tmp_path):
     from kerastune_lab import load_classifier
 
     out = tmp_path / "mixed"
-    result = cli("run", RECIPE, "--smoke", "--output-dir", out, "mixed_precision=true",
+    result = cli("run", RECIPE, "--smoke", "--output-dir", out, "precision=mixed_bfloat16",
                  "epochs=1", "val_split=0")
     assert result.code == 0, result
     saved = json.loads((out / "model" / "config.json").read_text())["config"]["dtype"]

@@ -41,7 +41,7 @@ def _h5_sizes(path):
 def test_run_keeps_the_adapter_not_the_base(lora_run):
     out = lora_run
     for name in ("config.json", "history.csv", "metrics.json", "report.md", "chat.json",
-                 "adapter.lora.h5", "FINISHED"):
+                 "adapter.lora.h5", "FINISHED", "tensorboard/train"):
         assert os.path.exists(out / name), name
     assert not os.path.exists(out / "model")
     adapter = out / "adapter.lora.h5"
@@ -50,6 +50,12 @@ def test_run_keeps_the_adapter_not_the_base(lora_run):
     assert metadata["base"]["class_name"] == "LlamaBackbone"
     assert (metadata["quantize"], metadata["rank"], metadata["targets"]) == (
         "int8", 4, ["query", "value"])
+    # The run's lora_alpha (8, not the rank: a scale of 2) is in the file
+    # (tests/test_what_was_used.py: the scale a loaded adapter applies).
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["precision"] == "float32"  # the smoke's precision=float32, set for the run
+    config = recorded["config"]
+    assert metadata["alpha"] == config["lora_alpha"] == 8.0 != metadata["rank"]
     # 2 layers x (query, value): every A and B in the file, nothing else.
     assert len(metadata["layers"]) == 4 and len(_h5_sizes(adapter)) == 8
 
@@ -82,6 +88,30 @@ def test_chat_with_the_run_and_with_preset_and_adapter(lora_run, cli, monkeypatc
                  lora_run / "adapter.lora.h5", "--sampler", "greedy", "--max-length", "48")
     assert result.code == 0, result
     assert result.stdout.split("\n")[:3] == replies
+
+
+def test_chat_stops_at_the_end_token_the_run_trained_with(lora_run, monkeypatch):
+    """Llama's template spells its end token `{eos}` (no `</s>` in the text):
+    the stop ids `generate` receives from the run's chat.json hold `</s>`."""
+    import keras_hub
+
+    from kerastune_lab.generate import load_chat_generator
+
+    template = json.loads((lora_run / "chat.json").read_text())["template"]
+    assert "{eos}" in template and "</s>" not in template
+    seen = []
+    original = keras_hub.models.CausalLM.generate
+
+    def generate(self, inputs, *args, **kwargs):
+        seen.append(kwargs.get("stop_token_ids"))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(keras_hub.models.CausalLM, "generate", generate)
+    chat = load_chat_generator(str(lora_run), sampler="greedy", max_length=32)
+    chat.reply("Is it Monday again?")
+    tokenizer = chat.model.preprocessor.tokenizer
+    assert len(seen) == 1 and seen[0] is not None
+    assert tokenizer.token_to_id("</s>") in [int(i) for i in seen[0]]
 
 
 def _logits(model):
@@ -158,6 +188,7 @@ def test_adapter_for_another_base_or_rank(lora_run, cli, tmp_path):
      if BACKEND == "jax" else ["distribute=data", "needs the jax backend", BACKEND]),
     (["distribute=model"], ["distribute=model"]),
     (["quantize=int3"], ["quantize='int3'", "'int8', 'int4', 'none'"]),
+    (["dtype=bfloat16"], ["'dtype' is now 'precision'", "precision=auto, float32"]),
 ])
 def test_bad_input(cli, tmp_path, overrides, fragments):
     out = tmp_path / "run"

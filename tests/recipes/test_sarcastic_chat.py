@@ -27,7 +27,8 @@ def test_smoke_run_writes_metrics_report_and_model(smoke_run):
     out, result = smoke_run
     assert result.last_line == str(out)
     for name in ("config.json", "history.csv", "metrics.json", "report.md", "chat.json",
-                 "training_curves.png", "FINISHED", "model/config.json", "model/tokenizer.json"):
+                 "training_curves.png", "FINISHED", "model/config.json", "model/tokenizer.json",
+                 "tensorboard/train"):
         assert os.path.exists(out / name), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["heldout_perplexity_after"] < metrics["heldout_perplexity_before"]
