@@ -74,6 +74,7 @@ def smoke():
         "image_size": 32,
         "batch_size": 16,
         "head_epochs": 2,
+        "head_learning_rate": 0.1,  # the tiny random backbone's head: 1e-3 barely moves it
         "epochs": 2,
         "learning_rate": 1e-4,
     }
@@ -109,17 +110,32 @@ def main(config, run):
     layers = augmentation.layers(config.seed) if where == "model" else []
     trainer = augment.Augmented(model, layers)
 
-    # Training: two phases, switched with `trainable` flags, backed up as
-    # they go (an interrupted run resumes from the backup).
+    # Training, in two phases switched with `trainable` flags. `phases`
+    # announces each, numbers its epochs and backs it up as it goes (the
+    # same command resumes an interrupted run).
     history = HistoryWriter(run)
-    two_phase.fine_tune(
+    phases = two_phase.Phases(
         trainer, data.train_stream, data.val,
-        head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
-        epochs=config.epochs, learning_rate=config.learning_rate,
-        callbacks=[history], jit_compile=run.settings.jit_compile,
-        tensorboard=run.settings.tensorboard,
-        train_batchnorm=config.train_batchnorm, backup=Backup(run, config.save_every_steps),
-    )
+        {two_phase.HEAD: config.head_epochs, two_phase.FINETUNE: config.epochs},
+        backup=Backup(run, config.save_every_steps), callbacks=[history],
+        tensorboard=run.settings.tensorboard)
+
+    # Phase 1: only the new head learns, at a high rate; the backbone is frozen.
+    if phases.to_train(two_phase.HEAD):
+        model.backbone.trainable = False
+        two_phase.compile_classifier(trainer, config.head_learning_rate,
+                                     jit_compile=run.settings.jit_compile)
+        phases.fit(two_phase.HEAD)
+
+    # Phase 2: everything learns, at a very low rate, to keep what the
+    # backbone knows; its BatchNorm layers stay frozen (inference mode).
+    if phases.to_train(two_phase.FINETUNE):
+        model.backbone.trainable = True
+        if not config.train_batchnorm:
+            two_phase.freeze_batchnorm(model.backbone)
+        two_phase.compile_classifier(trainer, config.learning_rate,  # again: the flags changed
+                                     jit_compile=run.settings.jit_compile)
+        phases.fit(two_phase.FINETUNE)
 
     # Evaluation: validation accuracy after each phase; the per-class report,
     # confusion matrix and curves on the validation split (the data has no

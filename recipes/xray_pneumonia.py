@@ -140,18 +140,32 @@ def main(config, run):
     layers = augmentation.layers(config.seed) if where == "model" else []
     trainer = augment.Augmented(model, layers)
 
-    # Training: two phases, switched with `trainable` flags, the loss
-    # class-weighted, backed up as they go (the same command resumes).
+    # Training, in two phases switched with `trainable` flags. `phases`
+    # announces each, numbers its epochs and backs it up as it goes (the
+    # same command resumes an interrupted run), the loss class-weighted.
     history = HistoryWriter(run)
-    two_phase.fine_tune(
+    phases = two_phase.Phases(
         trainer, data.train_stream, data.val,
-        head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate,
-        epochs=config.epochs, learning_rate=config.learning_rate,
-        callbacks=[history], jit_compile=run.settings.jit_compile,
-        tensorboard=run.settings.tensorboard,
-        train_batchnorm=config.train_batchnorm, class_weight=weights,
-        backup=Backup(run, config.save_every_steps),
-    )
+        {two_phase.HEAD: config.head_epochs, two_phase.FINETUNE: config.epochs},
+        backup=Backup(run, config.save_every_steps), callbacks=[history], class_weight=weights,
+        tensorboard=run.settings.tensorboard)
+
+    # Phase 1: only the new head learns, at a high rate; the backbone is frozen.
+    if phases.to_train(two_phase.HEAD):
+        model.backbone.trainable = False
+        two_phase.compile_classifier(trainer, config.head_learning_rate,
+                                     jit_compile=run.settings.jit_compile)
+        phases.fit(two_phase.HEAD)
+
+    # Phase 2: everything learns, at a very low rate, to keep what the
+    # backbone knows; its BatchNorm layers stay frozen (inference mode).
+    if phases.to_train(two_phase.FINETUNE):
+        model.backbone.trainable = True
+        if not config.train_batchnorm:
+            two_phase.freeze_batchnorm(model.backbone)
+        two_phase.compile_classifier(trainer, config.learning_rate,  # again: the flags changed
+                                     jit_compile=run.settings.jit_compile)
+        phases.fit(two_phase.FINETUNE)
 
     # The decision threshold for the recall a screening test needs, chosen on
     # the validation split; the test split then measures it (choosing it on

@@ -9,9 +9,14 @@ mode in Keras 3): updating their statistics on a small dataset at a tiny
 learning rate destroys what the backbone learned. `train_batchnorm=True`
 unfreezes them in phase 2.
 
-Each phase is announced on one line before it starts (what trains, the
-learning rate, its epochs): on the console, in the run's log.txt, and in a
-notebook (`console.announce`).
+The image recipes spell each phase out (the `trainable` flags, the
+compile at the phase's learning rate, the fit) and leave the bookkeeping to
+`Phases`: each phase is announced on one line before it starts (what trains
+and the learning rate, read from the model's flags and its optimizer, and
+its epochs: on the console, in the run's log.txt, and in a notebook,
+`console.announce`), its epochs are numbered after the phases before it,
+and it is fitted from where the backup left off. `fine_tune` runs both
+phases in one call, for a script.
 
 With a `resume.Backup`, a run resumed in phase 2 skips phase 1 (the backup
 holds its result), and each phase starts where the backup left off.
@@ -24,13 +29,20 @@ from kerastune_lab import compat
 HEAD, FINETUNE = "head", "finetune"
 
 
+def freeze_batchnorm(backbone):
+    """Freezes every BatchNormalization layer of `backbone`: a frozen
+    BatchNorm layer runs in inference mode in Keras 3, so its statistics
+    stay the pretrained ones while the rest of the backbone trains."""
+    for layer in compat.sublayers(backbone):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
 def set_backbone_trainable(model, trainable, train_batchnorm=False):
     """Freezes or unfreezes `model.backbone` (BatchNorm frozen unless asked)."""
     model.backbone.trainable = trainable
     if trainable and not train_batchnorm:
-        for layer in compat.sublayers(model.backbone):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+        freeze_batchnorm(model.backbone)
 
 
 def compile_classifier(model, learning_rate, jit_compile="auto"):
@@ -54,22 +66,106 @@ def compile_classifier(model, learning_rate, jit_compile="auto"):
     )
 
 
-def _announce(model, number, phases, name, what, learning_rate, first, last, total):
-    """One line before a phase: what trains, at what learning rate, which epochs."""
+def _what_trains(model):
+    """What the trainable flags of `model.backbone` say trains, in words."""
+    backbone = model.backbone
+    if not backbone.trainable:
+        return "the new head only, backbone frozen"
+    frozen = any(isinstance(layer, keras.layers.BatchNormalization) and not layer.trainable
+                 for layer in compat.sublayers(backbone))
+    return "everything" + (", BatchNorm in inference mode" if frozen else "")
+
+
+def _announce(model, number, phases, name, first, last, total):
+    """One line before a phase: what trains (from the trainable flags), at
+    the learning rate its optimizer holds, which epochs."""
     import numpy as np
 
     from kerastune_lab.console import announce
 
     params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     epochs = f"epoch {last}" if last == first + 1 else f"epochs {first + 1}-{last}"
     announce("phase %d/%d (%s): training %s (%s trainable parameters), learning rate %g, "
-             "%s of %d", number, phases, name, what, f"{params:,}", learning_rate, epochs, total)
+             "%s of %d", number, phases, name, _what_trains(model), f"{params:,}", rate,
+             epochs, total)
+
+
+class Phases:
+    """The bookkeeping around the phases of a fine-tune, so that a recipe
+    shows the phases themselves: the `trainable` flags, the compile, the fit.
+
+        phases = two_phase.Phases(trainer, data.train_stream, data.val,
+                                  {two_phase.HEAD: 2, two_phase.FINETUNE: 3}, backup=backup)
+        if phases.to_train(two_phase.HEAD):
+            model.backbone.trainable = False
+            two_phase.compile_classifier(trainer, 1e-3)
+            phases.fit(two_phase.HEAD)
+        if phases.to_train(two_phase.FINETUNE):
+            model.backbone.trainable = True
+            two_phase.freeze_batchnorm(model.backbone)
+            two_phase.compile_classifier(trainer, 1e-5)   # again: the flags changed
+            phases.fit(two_phase.FINETUNE)
+
+    `fit(phase)` announces the phase (what trains and the learning rate, read
+    from the model and its optimizer), numbers its epochs after the phases
+    before it, and fits it from where the backup left off
+    (`training.fit_resumable`).
+
+    Args:
+        model: the compiled model to train (a KerasHub task, or a model that
+            trains one: `data.augment.Augmented`).
+        train: a `data.stream.Stream` (resumable mid-epoch), a dataset for
+            `model.fit`, or an `(x, y)` tuple of arrays.
+        val: validation data (dataset or `(x, y)`), or None.
+        epochs: dict {phase: epochs}, in the order the phases run.
+        backup: a `resume.Backup`, or None.
+        callbacks: list of Keras callbacks for every phase (a
+            `training.HistoryWriter` among them records each row's phase).
+        **fit_kwargs: for every `fit_resumable` (`class_weight`, `tensorboard`, ...).
+    """
+
+    def __init__(self, model, train, val, epochs, backup=None, callbacks=(), **fit_kwargs):
+        if isinstance(train, tuple):
+            fit_kwargs["y"] = train[1]
+            train = train[0]
+        self.model, self.train, self.val = model, train, val
+        self.epochs = dict(epochs)
+        self.backup = backup
+        self.callbacks = list(callbacks)
+        self.fit_kwargs = fit_kwargs
+        self.histories = {}  # {phase: keras History}
+
+    def to_train(self, phase):
+        """Whether `phase` has epochs and the run is not past it (a run
+        resumed in a later phase has its result in the backup)."""
+        order = list(self.epochs)
+        resumed = self.backup.resumed_phase if self.backup is not None else None
+        if resumed in order and order.index(resumed) > order.index(phase):
+            return False
+        return self.epochs[phase] > 0
+
+    def fit(self, phase):
+        """Announces `phase` and fits it; returns its Keras History."""
+        from kerastune_lab.training import fit_resumable
+
+        order = list(self.epochs)
+        first = sum(self.epochs[p] for p in order[:order.index(phase)])
+        last = first + self.epochs[phase]
+        counted = [p for p in order if self.epochs[p]]
+        _announce(self.model, counted.index(phase) + 1, len(counted), phase, first, last,
+                  sum(self.epochs.values()))
+        self.histories[phase] = fit_resumable(
+            self.model, self.train, last, self.backup, phase, first_epoch=first,
+            callbacks=self.callbacks, validation_data=self.val, **self.fit_kwargs)
+        return self.histories[phase]
 
 
 def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
               learning_rate, callbacks=(), train_batchnorm=False, backup=None,
               jit_compile="auto", **fit_kwargs):
-    """Runs both phases and returns {phase: keras History}.
+    """Runs both phases (as the image recipes spell them out with `Phases`)
+    and returns {phase: keras History}.
 
     Args:
         model: a KerasHub task with a `backbone`, or a model that trains
@@ -90,30 +186,14 @@ def fine_tune(model, train, val, head_epochs, head_learning_rate, epochs,
         **fit_kwargs: passed to both `fit_resumable` calls (e.g.
             `class_weight`, `tensorboard`).
     """
-    from kerastune_lab.training import fit_resumable
-
-    if isinstance(train, tuple):
-        fit_kwargs["y"] = train[1]
-        train = train[0]
-    histories = {}
-    phases = int(bool(head_epochs)) + int(bool(epochs))
-    if head_epochs and not (backup and backup.resumed_phase == FINETUNE):
+    phases = Phases(model, train, val, {HEAD: head_epochs, FINETUNE: epochs}, backup,
+                    callbacks, **fit_kwargs)
+    if phases.to_train(HEAD):
         set_backbone_trainable(model, False)
         compile_classifier(model, head_learning_rate, jit_compile)
-        _announce(model, 1, phases, HEAD, "the new head only, backbone frozen",
-                  head_learning_rate, 0, head_epochs, head_epochs + epochs)
-        histories[HEAD] = fit_resumable(model, train, head_epochs, backup, HEAD,
-                                        callbacks=callbacks, validation_data=val,
-                                        **fit_kwargs)
-    if epochs:
+        phases.fit(HEAD)
+    if phases.to_train(FINETUNE):
         set_backbone_trainable(model, True, train_batchnorm)
         compile_classifier(model, learning_rate, jit_compile)  # recompile: trainable flags changed
-        _announce(model, phases, phases, FINETUNE,
-                  "everything" + ("" if train_batchnorm else ", BatchNorm in inference mode"),
-                  learning_rate, head_epochs, head_epochs + epochs, head_epochs + epochs)
-        histories[FINETUNE] = fit_resumable(model, train, head_epochs + epochs, backup,
-                                            FINETUNE, first_epoch=head_epochs,
-                                            callbacks=callbacks, validation_data=val,
-                                            **fit_kwargs)
-    return histories
-
+        phases.fit(FINETUNE)
+    return phases.histories
