@@ -184,7 +184,10 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
                 f"run dir {run_dir!r} has no {CHAT_FILE}: not a chat run (expected a run of a "
                 "chat recipe such as sarcastic_chat)")
         settings = run_files.chat_settings(run.path)
-        dtype = run_files.run_config(run.path).get("dtype")
+        # The base's dtype as the run trained it: the policy it recorded
+        # ("precision"), or the older lora_chat runs' `dtype` key.
+        older = run_files.run_config(run.path).get("dtype")  # checks config.json too
+        dtype = run_files.read_json(run.path, "config.json").get("precision") or older
         if not os.path.isdir(run.file("model")) and os.path.exists(run.file(ADAPTER_FILE)):
             adapter = run.file(ADAPTER_FILE)
         elif preset is not None:

@@ -114,6 +114,34 @@ def test_chat_stops_at_the_end_token_the_run_trained_with(lora_run, monkeypatch)
     assert tokenizer.token_to_id("</s>") in [int(i) for i in seen[0]]
 
 
+@pytest.mark.parametrize("recorded, older, expected", [
+    ("bfloat16", None, "bfloat16"),       # the run's precision, recorded at its top level
+    (None, "bfloat16", "bfloat16"),       # an older run: its config's dtype key
+    ("float32", "bfloat16", "float32"),   # the precision wins
+])
+def test_chat_loads_the_base_in_the_precision_the_run_trained_in(lora_run, tmp_path, recorded,
+                                                                  older, expected):
+    import shutil
+
+    from kerastune_lab.generate import load_chat_generator
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run, ignore=shutil.ignore_patterns(".lock"))
+    data = json.loads((run / "config.json").read_text())
+    data.pop("precision", None)
+    data["config"].pop("dtype", None)
+    if recorded:
+        data["precision"] = recorded
+    if older:
+        data["config"]["dtype"] = older
+    (run / "config.json").write_text(json.dumps(data))
+    chat = load_chat_generator(str(run), sampler="greedy", max_length=16)
+    backbone = chat.model.backbone
+    assert backbone.dtype_policy.name.endswith(expected)  # "map_<dtype>" when int8
+    norms = [w for w in backbone.weights if "norm" in w.path]  # float layers, not int8
+    assert norms and {str(w.dtype) for w in norms} == {expected}
+
+
 def _logits(model):
     import keras
 
