@@ -3,6 +3,7 @@
     kerastune recipes
     kerastune run RECIPE [--backend B] [--smoke] [--output-dir DIR] [KEY=VALUE ...]
     kerastune run RECIPE --help
+    kerastune plan RECIPE [--smoke] [KEY=VALUE ...]      (will it fit? plan.py)
     kerastune cp RECIPE [DEST]
     kerastune predict RUN_DIR IMAGE ...
     kerastune predict RUN_DIR --text "A masterpiece." [--text ...]
@@ -398,6 +399,9 @@ def presets(kind, backend):
         click.echo(f"{task}:")
         for name in names:
             click.echo(f"  {name}")
+
+
+cli.add_command(__import__("kerastune_lab.plan", fromlist=["plan"]).plan)  # kerastune plan
 
 
 def _command(argv):

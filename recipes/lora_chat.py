@@ -30,7 +30,7 @@ perplexity, generations) and changed where LoRA differs:
 - then `enable_lora` (standard factorisation, `kerastune_lab.finetune.lora`)
   freezes the base and trains A: (d_in, r) and B: (r, d_out) on `lora_targets`;
 - `distribute` (JAX: data or model parallel) is set before the model is
-  built, and the model is built under `remat`;
+  built; `remat` (blocks or activations) trades compute for memory;
 - the run directory holds `adapter.lora.h5` (base preset, quantize mode,
   rank, alpha and targets recorded), not the base;
 - the training backup (for resuming an interrupted run with the same
@@ -56,11 +56,10 @@ from kerastune_lab.distribute import (
     call_filled,
     fill_windows,
     preset_distribution,
-    remat_scope,
     scope,
 )
 from kerastune_lab.evaluate import REPORT_PROMPTS, chat_metrics, chat_report, perplexity
-from kerastune_lab.finetune import lora
+from kerastune_lab.finetune import lora, remat
 from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
 from kerastune_lab.finetune.quantize import load_quantized
 from kerastune_lab.generate import (
@@ -102,7 +101,7 @@ class Config:
     lora_targets: str = "query,value"  # comma-separated layer names/patterns, "attention" or "all" (every projection)
     distribute: str = setting("none", choices=("none", "data", "model"))  # data: all devices; model: the backbone layout map; JAX only
     model_parallel: int = setting(0, ge=0)  # distribute=model: devices on the model axis; 0: the most on which every weight splits evenly
-    remat: str = setting("none", choices=("none", "activations"))  # activations: recompute feedforward activations (long sequences)
+    remat: str = setting("none", choices=("none", "activations", "blocks"))  # recompute in the backward pass instead of keeping: blocks = each transformer block (keras.remat), activations = the feedforward activations (Keras' RematScope); `kerastune plan` shows what each saves
     batch_size: int = setting(4, ge=1)  # windows a step (on all devices together)
     epochs: int = setting(1, ge=1)
     learning_rate: float = setting(2e-4, gt=0)  # AdamW on the LoRA factors only
@@ -157,11 +156,12 @@ def main(config, run):
     shards = batch_shards(distribution, config.batch_size)  # devices a batch splits over
     with scope(distribution):
         # Model: the base quantized while it loads, then LoRA on the targets.
-        with remat_scope(config.remat):
+        with remat.build_scope(config.remat):
             model = load_quantized(keras_hub.models.CausalLM, preset, config.quantize,
                                    dtype=run.settings.precision)
             lora.enable_lora(model, config.lora_rank, config.lora_alpha,
                              lora_targets(config.lora_targets))
+        remat.apply_remat(model, config.remat)
         check_sequence_length(config.sequence_length, preset, config.preset, model=model)
         counts = lora.parameter_counts(model)
         log.info("LoRA rank %d on %s: %d trainable of %d weights (%.4f%%), %s base",

@@ -413,6 +413,11 @@ CASES = [
     ("cp-onto-an-existing-file", ["cp", "lora_chat", "{in}/notes.txt"],
      ["notes.txt", "already exists"]),
     ("recipes-extra-argument", ["recipes", "lora_chat"], ["unexpected extra argument"]),
+    # plan: the memory plan of a causal LM recipe (issue 26)
+    ("plan-not-a-causal-lm", ["plan", CATS], ["cats_vs_dogs", "causal LM recipes"]),
+    ("plan-wrong-type", ["plan", SARCASM, "--smoke", "batch_size=many"],
+     ["batch_size=many", "expected int"]),
+    ("plan-unknown-recipe", ["plan", "{in}/nope.py"], ["nope.py", "does not exist"]),
     # info, presets
     ("info-bad-backend", ["info", "--backend", "mxnet"], ["unknown backend", "mxnet"]),
     ("presets-unknown-kind", ["presets", "image_clasifier"],
