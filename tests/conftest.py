@@ -93,6 +93,11 @@ def raises_one_line(fn, *fragments):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Finished smoke runs of the recipe test modules, {recipe: (run dir, CliResult)},
+# for a later module to read instead of running the recipe again
+# (tests/test_warnings.py checks their output and the commands on them).
+SMOKE_RUNS = {}
+
 
 def recipe_path(name):
     return os.path.join(ROOT, "recipes", f"{name}.py")

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from kerastune_lab import testing
-from tests.conftest import BACKEND, assert_one_line_error, recipe_path, run_cli
+from tests.conftest import BACKEND, SMOKE_RUNS, assert_one_line_error, recipe_path, run_cli
 
 RECIPE = recipe_path("imdb_sentiment")
 
@@ -18,6 +18,7 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "imdb"
     result = run_cli("run", RECIPE, "--smoke", "--output-dir", out)
     assert result.code == 0, result
+    SMOKE_RUNS["imdb_sentiment"] = out, result
     return out, result
 
 

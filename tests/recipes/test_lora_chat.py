@@ -13,7 +13,7 @@ import pytest
 
 from kerastune_lab import testing
 from kerastune_lab.finetune import lora
-from tests.conftest import BACKEND, assert_one_line_error, recipe_path, run_cli
+from tests.conftest import BACKEND, SMOKE_RUNS, assert_one_line_error, recipe_path, run_cli
 
 RECIPE = recipe_path("lora_chat")
 PROMPTS = "Is it Monday again?\n\nAny tips for my garden?\n"
@@ -25,6 +25,7 @@ def lora_run(tmp_path_factory):
     result = run_cli("run", RECIPE, "--smoke", "--output-dir", out)
     assert result.code == 0, result
     assert result.last_line == str(out)
+    SMOKE_RUNS["lora_chat"] = out, result
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from kerastune_lab import testing
 from kerastune_lab.data import chat
-from tests.conftest import ROOT, assert_one_line_error, recipe_path, run_cli
+from tests.conftest import ROOT, SMOKE_RUNS, assert_one_line_error, recipe_path, run_cli
 
 RECIPE = recipe_path("sarcastic_chat")
 DATA = os.path.join(ROOT, "recipes", "data", "sarcastic_chat.jsonl")
@@ -20,6 +20,7 @@ def smoke_run(tmp_path_factory):
     # 96 tokens: a few of the smoke examples are longer, to be truncated and counted.
     result = run_cli("run", RECIPE, "--smoke", "--output-dir", out, "sequence_length=96")
     assert result.code == 0, result
+    SMOKE_RUNS["sarcastic_chat"] = out, result
     return out, result
 
 
