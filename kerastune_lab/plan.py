@@ -254,11 +254,20 @@ def spec_from_config(module, config, precision=None):
     targets = getattr(config, "lora_targets", "query,value")
     if rank and callable(getattr(module, "lora_targets", None)):
         targets = module.lora_targets(targets)
-    return ModelSpec.from_preset(
-        config.preset, quantize=getattr(config, "quantize", "none"), precision=precision,
-        lora_rank=rank, lora_alpha=getattr(config, "lora_alpha", None), lora_targets=targets,
-        remat=getattr(config, "remat", "none"), learning_rate=config.learning_rate,
-        weight_decay=getattr(config, "weight_decay", 0.0))
+    # The preset's name checked and its config.json fetched (only that) as a
+    # run does: an unknown name, a gated model or no network is one line.
+    import keras_hub
+
+    from kerastune_lab.hub.presets import preset_download_errors
+    from kerastune_lab.models import resolve_preset
+
+    preset = resolve_preset(config.preset, keras_hub.models.CausalLM)
+    with preset_download_errors(preset):
+        return ModelSpec.from_preset(
+            preset, quantize=getattr(config, "quantize", "none"), precision=precision,
+            lora_rank=rank, lora_alpha=getattr(config, "lora_alpha", None), lora_targets=targets,
+            remat=getattr(config, "remat", "none"), learning_rate=config.learning_rate,
+            weight_decay=getattr(config, "weight_decay", 0.0))
 
 
 def plan_config(module, config, precision=None, accelerators=None, variants=True):
@@ -324,7 +333,8 @@ def plan_before_run(module, config, accelerator=None, precision=None):
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def plan(recipe, backend, smoke, overrides):
     """Plan RECIPE's memory with KEY=VALUE overrides: its train step compiled
-    on abstract weights from the preset's config.json, nothing downloaded."""
+    on abstract weights from the preset's config.json (the only file of it
+    downloaded)."""
     from kerastune_lab import backend as backend_lib
     from kerastune_lab import recipe_file, shipped
 

@@ -445,3 +445,27 @@ def test_cli_download_failure(server, kaggle, cli, tmp_path, monkeypatch, small_
     assert_cli_download_failed(result, f"cannot download preset '{PRESET}'",
                                *(NO_CONNECTION if answer == "closed" else EXPECTED[answer]))
     assert not os.path.exists(tmp_path / "run")  # no half-made run directory left
+
+
+
+# `kerastune plan` compiles with jax whatever the run's backend, in its own
+# process: the same on every backend.
+@pytest.mark.backend_independent
+def test_cli_plan_fetches_the_config_alone(server, tmp_path):
+    """`kerastune plan` on the recipe's default preset asks Kaggle for its
+    config.json and nothing else (no weights), and plans."""
+    server.answer("ok")
+    asked_before = len(server.asked())
+    result = run_cli("plan", recipe_path("sarcastic_chat"), "sequence_length=64",
+                     "batch_size=4", env=server.env(str(tmp_path / "kagglehub")), timeout=300)
+    assert result.code == 0, result
+    assert "device memory per step:" in result.stdout, result
+    assert server.asked()[asked_before:] == ["config.json"]
+
+
+@pytest.mark.backend_independent
+def test_cli_plan_download_failure_is_one_line(server, tmp_path):
+    server.answer(403)
+    result = run_cli("plan", recipe_path("sarcastic_chat"),
+                     env=server.env(str(tmp_path / "kagglehub")), timeout=300)
+    assert_cli_download_failed(result, f"cannot download preset '{PRESET}'", *EXPECTED[403])
