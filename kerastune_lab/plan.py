@@ -17,6 +17,7 @@ would fit where it does not (compiled the same way). Hand-written: neither
 Keras nor KerasHub plans memory.
 """
 
+import argparse
 import dataclasses
 import os
 
@@ -343,7 +344,11 @@ def plan(recipe, backend, smoke, overrides):
             raise click.UsageError(f"unknown option {item!r}")
     run_backend = backend_lib.resolve_backend(backend)
     path, _ = shipped.resolve(recipe)
-    recipe_file.check_overrides(recipe_file.read(path), overrides, smoke)
+    source = recipe_file.read(path)
+    recipe_file.check_overrides(source, overrides, smoke)
+    if not is_plannable(argparse.Namespace(**source.fields)):  # before jax loads
+        raise KerastuneError(f"recipe {source.name!r}: the plan covers causal LM recipes "
+                             "(preset, sequence_length, batch_size)")
     backend_lib.use_backend("jax")
     from kerastune_lab.recipe import load_recipe, resolve_config
 

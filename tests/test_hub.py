@@ -22,7 +22,7 @@ import pytest
 from kerastune_lab import hub, models, testing
 from kerastune_lab.errors import DownloadFailed, KerastuneError
 from tests import fake_kaggle
-from tests.conftest import recipe_path, run_cli
+from tests.conftest import assert_one_line_error, recipe_path, run_cli
 
 # Downloads and their failures go through kagglehub, TFDS and huggingface_hub,
 # the same code on every backend: CI runs these once, on jax.
@@ -469,3 +469,12 @@ def test_cli_plan_download_failure_is_one_line(server, tmp_path):
     result = run_cli("plan", recipe_path("sarcastic_chat"),
                      env=server.env(str(tmp_path / "kagglehub")), timeout=300)
     assert_cli_download_failed(result, f"cannot download preset '{PRESET}'", *EXPECTED[403])
+
+
+@pytest.mark.backend_independent
+def test_cli_plan_unknown_preset_is_one_line_before_any_download(server, tmp_path):
+    asked_before = len(server.asked())
+    result = run_cli("plan", recipe_path("sarcastic_chat"), "preset=gpt2_base",
+                     env=server.env(str(tmp_path / "kagglehub")), timeout=300)
+    assert_one_line_error(result, "unknown preset 'gpt2_base'", "did you mean gpt2_base_en")
+    assert server.asked()[asked_before:] == []
