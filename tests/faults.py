@@ -81,6 +81,10 @@ if __name__ == "__main__":
     # of the export, before its rename. Keras is imported here, on
     # KERAS_BACKEND.
     name, _, after = sys.argv[1].partition("@")
+    # Ctrl-C as in a terminal: a process started in the background by a
+    # non-interactive shell (CI scripts) inherits SIGINT ignored, and Python
+    # then keeps it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from kerastune_lab.cli import main
 
     with signal_in_export(name) if after == "export" else signal_at_batch(name, int(after)):
