@@ -95,7 +95,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Finished smoke runs of the recipe test modules, {recipe: (run dir, CliResult)},
 # for a later module to read instead of running the recipe again
-# (tests/test_warnings.py checks their output and the commands on them).
+# (tests/test_warnings.py checks their output and the commands on them). Only
+# runs of the plain `run_cli`: a spied run (`run_cli_spied`) imports Keras
+# before the toolkit quiets TensorFlow's start-up lines.
 SMOKE_RUNS = {}
 
 

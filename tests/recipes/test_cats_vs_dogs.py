@@ -12,7 +12,6 @@ from kerastune_lab.console import is_startup_noise
 from tests import keras_spy
 from tests.conftest import (
     BACKEND,
-    SMOKE_RUNS,
     assert_one_line_error,
     recipe_path,
     run_cli,
@@ -32,7 +31,6 @@ def smoke_run(tmp_path_factory):
     result = run_cli_spied(out.parent / "fit.jsonl", "run", RECIPE, "--smoke", "--output-dir",
                            out, "head_epochs=1", "epochs=2", "head_learning_rate=0.1")
     assert result.code == 0, result
-    SMOKE_RUNS["cats_vs_dogs"] = out, result
     return out, result
 
 
