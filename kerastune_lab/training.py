@@ -44,6 +44,7 @@ import keras
 
 from kerastune_lab import backend
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.in_order import InOrder
 
 log = logging.getLogger("kerastune_lab")
 
@@ -140,9 +141,10 @@ class TensorBoard(keras.callbacks.TensorBoard):
     switches its writers at every batch).
 
     `async_safe` (as `resume.Backup`): where Keras runs `on_train_batch_end`
-    in its callback thread, so that the host does not wait for each step, it
-    only notes the step's figures there; the training thread writes them, in
-    step order, one interval behind and at each epoch's end. In Keras' own
+    in its callback threads (several at once, in any order), so that the host
+    does not wait for each step, it only notes the step's figures there, in
+    an `in_order.InOrder`; the training thread writes those released in step
+    order, as the next batch begins and at each epoch's end. In Keras' own
     thread it writes at once. Each write is flushed: a fit stopped by an
     exception (Ctrl-C, a loss not finite) never reaches `on_train_end`.
 
@@ -159,7 +161,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
         super().__init__(log_dir, write_graph=False, update_freq="epoch")
         self.every = update_freq
         self.first_step = first_step
-        self._points = []  # (step, logs) noted, not yet written
+        self._steps = InOrder(done=first_step)  # every step, noted in any order
+        self._points = []  # (step, logs) released in order, not yet written
         self._lock = threading.Lock()
         self._epoch_base = first_step
         self._thread = None
@@ -167,6 +170,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._global_train_batch = self.first_step
+        self._steps, self._points = InOrder(done=self.first_step), []
         self._thread = threading.get_ident()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -175,14 +179,15 @@ class TensorBoard(keras.callbacks.TensorBoard):
 
     def on_train_batch_begin(self, batch, logs=None):
         super().on_train_batch_begin(batch, logs)
-        self._write(upto=self._global_train_batch - 1 - self.every)
+        self._write()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._epoch_base + batch + 1
-        if step % self.every:
-            return
         with self._lock:
-            self._points.append((step, dict(logs or {})))
+            for step, noted in self._steps.note(step, None if step % self.every
+                                                else dict(logs or {})):
+                if noted is not None:
+                    self._points.append((step, noted))
         if threading.get_ident() == self._thread:
             self._write()
 
@@ -196,14 +201,13 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self._write()
         super().on_train_end(logs)
 
-    def _write(self, upto=None):
+    def _write(self):
         with self._lock:
-            ready = [p for p in self._points if upto is None or p[0] <= upto]
-            self._points = [p for p in self._points if not (upto is None or p[0] <= upto)]
+            ready, self._points = self._points, []
         if not ready:
             return
         with self._train_writer.as_default():
-            for step, logs in sorted(ready, key=lambda p: p[0]):
+            for step, logs in ready:
                 for name, value in logs.items():
                     self.summary.scalar(f"batch_{name}", value, step=step)
         self._train_writer.flush()

@@ -33,10 +33,12 @@ check, and the step backups, run as the next batch begins).
 No host wait each step. Keras reads each step's logs on the host (which
 waits for the device) in the training thread, unless every callback with an
 `on_train_batch_end` is `async_safe`: then it runs them in a thread of its
-own (JAX and torch; TensorFlow's backend never does). Here only the loss
-check runs there: it notes the first step whose loss is not finite. The
-training thread raises `LossNotFinite` (that step named) at the next batch,
-and before each backup waits for the check to reach the backup's step, so
+own (JAX and torch; TensorFlow's backend never does), several calls at
+once and in any order. Here only the loss check runs there: it notes each
+step's loss in an `in_order.InOrder` and checks them in step order, so the
+step it names is the first whose loss is not finite. The training thread
+raises `LossNotFinite` (that step named) at the next batch, and before each
+backup waits for the check to reach the backup's step, so
 a backup never holds weights after a loss that is not finite.
 """
 
@@ -49,6 +51,7 @@ import threading
 import keras
 
 from kerastune_lab.errors import Interrupted, KerastuneError, LossNotFinite
+from kerastune_lab.in_order import InOrder
 from kerastune_lab.resume import signals, snapshot
 from kerastune_lab.runs import BACKUP_DIR
 
@@ -116,7 +119,7 @@ class Backup(keras.callbacks.Callback):
         self._ended_early = False
         self._torch_rng = None  # torch's generator states, put back at the first batch
         self._checked = threading.Condition()  # guards the two below
-        self._done = (-1, 0)  # (epoch, step) whose loss was checked last
+        self._steps = InOrder()  # this epoch's steps, losses checked up to `.done`
         self._not_finite = None  # (epoch, step, loss) of the first loss not finite
 
     @property
@@ -136,7 +139,7 @@ class Backup(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         signals.set_training(self)
         self._offset, self._resume, self._ended_early = 0, None, False
-        self._done, self._not_finite = (-1, 0), None
+        self._not_finite = None
         if self.state and self.state["phase"] == self.phase:
             self._restore()
             self._resume = (self.state["epoch"], self.state["step"])
@@ -149,18 +152,17 @@ class Backup(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch, self._offset = epoch, 0
-        if self._resume is None:
-            return
-        (first, step), self._resume = self._resume, None
-        if epoch != first:
-            raise RuntimeError(f"fit starts at epoch {epoch + 1} but the backup is of epoch "
-                               f"{first + 1}: pass fit the initial_epoch and data of "
-                               "Backup.start")
-        if step:
-            self._offset = step
-            with self._checked:  # the run that wrote the backup checked these steps
-                self._done = (epoch, step)
-            self._restore_metrics()
+        if self._resume is not None:
+            (first, step), self._resume = self._resume, None
+            if epoch != first:
+                raise RuntimeError(f"fit starts at epoch {epoch + 1} but the backup is of "
+                                   f"epoch {first + 1}: pass fit the initial_epoch and data "
+                                   "of Backup.start")
+            if step:
+                self._offset = step
+                self._restore_metrics()
+        with self._checked:  # Keras ran the last epoch's batch callbacks before its end
+            self._steps = InOrder(done=self._offset)  # the backup's run checked those
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._torch_rng:
@@ -185,13 +187,14 @@ class Backup(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         """Runs in Keras' callback thread where Keras dispatches asynchronously
         (`async_safe`): notes the first step whose loss is not finite and
-        touches nothing else."""
+        touches nothing else. The calls may come in any order: the losses
+        are checked in step order."""
         loss = (logs or {}).get("loss")
         with self._checked:
-            step = self._offset + batch + 1
-            if self._not_finite is None and loss is not None and not math.isfinite(float(loss)):
-                self._not_finite = (self._epoch, step, float(loss))
-            self._done = (self._epoch, step)
+            for step, loss in self._steps.note(self._offset + batch + 1, loss):
+                if (self._not_finite is None and loss is not None
+                        and not math.isfinite(float(loss))):
+                    self._not_finite = (self._epoch, step, float(loss))
             self._checked.notify_all()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -226,7 +229,7 @@ class Backup(keras.callbacks.Callback):
         """Waits until the losses of this epoch's steps up to `step` are
         checked (Keras' callback thread may be a few steps behind)."""
         with self._checked:
-            return self._checked.wait_for(lambda: self._done >= (self._epoch, step),
+            return self._checked.wait_for(lambda: self._steps.done >= step,
                                           timeout=_CHECK_WAIT_S)
 
     def _kept(self):
