@@ -65,16 +65,16 @@ def test_the_loss_check_names_the_first_step_not_finite_when_a_later_one_came_fi
 @pytest.mark.backend_independent
 def test_the_loss_check_counts_a_step_checked_only_when_those_before_it_are(tmp_path,
                                                                              monkeypatch):
-    monkeypatch.setattr("kerastune_lab.resume.backup._CHECK_WAIT_S", 0.05)
+    monkeypatch.setattr("kerastune_lab.resume.loss_check.WAIT_S", 0.05)
     backup = Backup(tmp_path)
     backup.set_model(_model())
     backup.set_params({"epochs": 1, "steps": 8})
     backup.on_train_begin()
     backup.on_epoch_begin(0)
     _from_another_thread(backup.on_train_batch_end, (2, {"loss": 1.0}), (1, {"loss": 1.0}))
-    assert not backup._wait_checked(3)  # step 1 is not checked: nor are 2 and 3
+    assert not backup.loss_check.wait_checked(3)  # step 1 is not checked: nor are 2 and 3
     _from_another_thread(backup.on_train_batch_end, (0, {"loss": 1.0}))
-    assert backup._wait_checked(3)
+    assert backup.loss_check.wait_checked(3)
 
 
 @pytest.mark.backend_independent

@@ -95,11 +95,11 @@ def test_backup_resumes_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
     # Every wait of a backup for the loss check must end with the step
     # checked, never by its timeout (a resumed epoch's restored steps count
     # as checked: before, each resume waited out the timeout).
-    from kerastune_lab.resume import backup as backup_module
+    from kerastune_lab.resume import loss_check
 
-    waits, original = [], Backup._wait_checked
-    monkeypatch.setattr(backup_module, "_CHECK_WAIT_S", 5)
-    monkeypatch.setattr(Backup, "_wait_checked",
+    waits, original = [], loss_check.LossCheck.wait_checked
+    monkeypatch.setattr(loss_check, "WAIT_S", 5)
+    monkeypatch.setattr(loss_check.LossCheck, "wait_checked",
                         lambda self, step: waits.append(original(self, step)) or waits[-1])
     stream = _stream()
     reference = _model()

@@ -139,9 +139,7 @@ class Phases:
     def to_train(self, phase):
         """Whether `phase` has epochs and the run is not past it (a run
         resumed in a later phase has its result in the backup)."""
-        order = list(self.epochs)
-        resumed = self.backup.resumed_phase if self.backup is not None else None
-        if resumed in order and order.index(resumed) > order.index(phase):
+        if self.backup is not None and self.backup.resume.past(phase, list(self.epochs)):
             return False
         return self.epochs[phase] > 0
 

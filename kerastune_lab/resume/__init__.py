@@ -2,6 +2,11 @@
 
 - `backup.Backup`: the Keras callback that writes the backup and resumes
   from it, mid-epoch;
+- `state.ResumeState`: what a run resumes from (the backup's phase, epoch
+  and step, history.csv's rows), read once (`RunDir.resume_state`) and
+  handed to whoever asks;
+- `loss_check.LossCheck`: the callback that stops a fit at the first step
+  whose loss is not finite (a `Backup` holds one);
 - `snapshot`: the backup files, written and read back (weights, optimizer
   and metrics variables, phase, epoch and step, random states): the newest
   and the previous copy, each checked by its SHA-256 in a manifest;
@@ -13,6 +18,7 @@ The names below are the ones imported from `kerastune_lab.resume`.
 
 from kerastune_lab.errors import Interrupted, KerastuneError, LossNotFinite, RunStopped
 from kerastune_lab.resume.backup import Backup
+from kerastune_lab.resume.loss_check import LossCheck
 from kerastune_lab.resume.signals import SIGNALS, handle_interrupts
 from kerastune_lab.resume.snapshot import (
     BACKUP_FILE,
@@ -25,9 +31,10 @@ from kerastune_lab.resume.snapshot import (
     BackupUnreadable,
     read_state,
 )
+from kerastune_lab.resume.state import ResumeState
 
 __all__ = [
     "BACKUP_FILE", "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "PREVIOUS_FILE", "SIGNALS",
     "STATE_FILE", "WEIGHTS", "Backup", "BackupUnreadable", "Interrupted", "KerastuneError",
-    "LossNotFinite", "RunStopped", "handle_interrupts", "read_state",
+    "LossCheck", "LossNotFinite", "ResumeState", "RunStopped", "handle_interrupts", "read_state",
 ]
