@@ -152,6 +152,19 @@ def write_csv(path, rows):
     write_text(path, buf.getvalue())
 
 
+def read_csv(path):
+    """Reads a CSV written by `write_csv`; numbers come back as floats."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            try:
+                row[key] = float(value)
+            except (TypeError, ValueError):
+                pass
+    return rows
+
+
 def _jsonable(value):
     if hasattr(value, "item"):  # numpy and framework scalars
         return value.item()

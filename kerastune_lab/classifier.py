@@ -14,6 +14,7 @@ import numpy as np
 
 from kerastune_lab import run_files
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.runs import LABELS
 from kerastune_lab.text_checks import check_text
 
 
@@ -90,12 +91,12 @@ def load_classifier(run_dir, batch_size=32):
         `[{'label': ..., 'score': ...}]`, one entry per text.
     """
     run = run_files.check_run(run_dir)
-    if "sequence_length" not in run_files.run_config(run.path):
+    if run.kind != "text_classifier":
         raise KerastuneError(f"run dir {run.path!r} is not a text-classification run")
     try:
         class_names = run_files.class_names(run.path)
     except FileNotFoundError:
-        raise KerastuneError(f"run dir {run.path!r} holds no labels.json: was the run finished?")
+        raise KerastuneError(f"run dir {run.path!r} holds no {LABELS}: was the run finished?")
     import keras_hub
 
     from kerastune_lab.models import load_run_model

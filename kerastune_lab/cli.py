@@ -282,13 +282,12 @@ def merge(run_dir, output, preset, backend):
 
     _select(backend)
     from kerastune_lab.finetune.lora import save_merged_preset
-    from kerastune_lab.generate import ADAPTER_FILE
+    from kerastune_lab.runs import ADAPTER, RunDir, normal_path
 
-    adapter = os.path.join(run_dir, ADAPTER_FILE) if os.path.isdir(run_dir) else run_dir
+    adapter = RunDir(run_dir).adapter_path if os.path.isdir(run_dir) else run_dir
     if os.path.isdir(run_dir) and not os.path.isfile(adapter):
-        raise KerastuneError(f"run dir {run_dir!r} has no {ADAPTER_FILE}: expected a LoRA "
+        raise KerastuneError(f"run dir {run_dir!r} has no {ADAPTER}: expected a LoRA "
                              "run (kerastune run lora_chat) or an adapter file")
-    from kerastune_lab.runs import normal_path
 
     output = normal_path(output)  # out/ and ~/out as the user means them
     if os.path.exists(output):
@@ -351,8 +350,9 @@ def evaluate(run_dir, data, name, overwrite, positive_class, target_recall, batc
                                 batch_size=batch_size, positive_class=positive_class,
                                 target_recall=target_recall)
     from kerastune_lab.evaluate.classification import headline
+    from kerastune_lab.runs import METRICS
 
-    logging.getLogger("kerastune_lab").info("%s", headline(out.read_json("metrics.json")))
+    logging.getLogger("kerastune_lab").info("%s", headline(out.read_json(METRICS)))
     click.echo(out.path)
 
 

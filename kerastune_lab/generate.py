@@ -20,10 +20,12 @@ import numpy as np
 from kerastune_lab.data.chat_template import ChatTemplate
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.models import detached_preprocessor
+from kerastune_lab.runs import ADAPTER, CHAT, CONFIG
 
 SAMPLERS = ("greedy", "top_k", "top_p", "beam")
-CHAT_FILE = "chat.json"  # in a run directory: the template a model was tuned with
-ADAPTER_FILE = "adapter.lora.h5"  # in a LoRA run directory: the adapter (no base)
+# The names `runs` gives a chat run's template and a LoRA run's adapter, kept
+# here for the scripts and notebooks that import them from this module.
+CHAT_FILE, ADAPTER_FILE = CHAT, ADAPTER
 
 
 def make_sampler(name="top_p", temperature=1.0, top_k=50, top_p=0.9, num_beams=4, seed=None):
@@ -179,7 +181,7 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
     settings, dtype = None, None
     if run_dir is not None:
         run = run_files.check_run(run_dir)
-        if not os.path.exists(run.file(CHAT_FILE)):
+        if run.kind not in ("causal_lm", "lora") or not os.path.exists(run.chat_path):
             raise KerastuneError(
                 f"run dir {run_dir!r} has no {CHAT_FILE}: not a chat run (expected a run of a "
                 "chat recipe such as sarcastic_chat)")
@@ -187,9 +189,9 @@ def load_chat_generator(run_dir=None, sampler="top_p", max_length=128, adapter=N
         # The base's dtype as the run trained it: the policy it recorded
         # ("precision"), or the older lora_chat runs' `dtype` key.
         older = run_files.run_config(run.path).get("dtype")  # checks config.json too
-        dtype = run_files.read_json(run.path, "config.json").get("precision") or older
-        if not os.path.isdir(run.file("model")) and os.path.exists(run.file(ADAPTER_FILE)):
-            adapter = run.file(ADAPTER_FILE)
+        dtype = run_files.read_json(run.path, CONFIG).get("precision") or older
+        if run.kind == "lora":
+            adapter = run.adapter_path
         elif preset is not None:
             raise KerastuneError(f"preset {preset!r}: run dir {run_dir!r} holds a whole "
                                  "model, not a LoRA adapter; leave out --preset")

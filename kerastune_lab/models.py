@@ -21,6 +21,8 @@ import re
 
 from kerastune_lab.config import closest
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.hub.handles import CONFIG_FILE as PRESET_CONFIG
+from kerastune_lab.runs import MODEL_DIR
 
 HANDLE_SCHEMES = ("kaggle://", "hf://", "gs://", "modelscope://", "file://")
 
@@ -118,7 +120,7 @@ def _hdf5_problem(error):
             type(error).__name__)[:120]
 
 
-def check_weights(run_path, folder="model"):
+def check_weights(run_path, folder=MODEL_DIR):
     """Opens each HDF5 weights file of a run's model folder (h5py, no Keras):
     one cut short, empty or holding something else is one line naming it.
     (Bytes overwritten inside a whole file are not seen: nothing records a
@@ -201,9 +203,9 @@ def resolve_preset(preset, task_cls):
         return hub.fetch_preset(preset)
     path = os.path.expanduser(preset)
     if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "config.json")):
+        if not os.path.exists(os.path.join(path, PRESET_CONFIG)):
             raise KerastuneError(
-                f"preset folder {preset!r} has no config.json: expected a folder "
+                f"preset folder {preset!r} has no {PRESET_CONFIG}: expected a folder "
                 "written by save_to_preset or a Hugging Face checkpoint"
             )
         check_preset_folder(path)
@@ -248,16 +250,17 @@ def load_run_model(run, task_cls, **kwargs):
     weights are float32 anyway) unless `dtype=` says otherwise: KerasHub
     cannot load a saved "mixed_*" policy back by itself.
     """
-    path = run.file("model")
+    path = run.model_path
     if not os.path.isdir(path):
-        raise KerastuneError(f"run dir {run.path!r} holds no model/ folder: was the run finished?")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise KerastuneError(f"run dir {run.path!r}: model/ has no config.json: expected a "
-                             "model saved by the run (save_to_preset)")
+        raise KerastuneError(f"run dir {run.path!r} holds no {MODEL_DIR}/ folder: was the run "
+                             "finished?")
+    if not os.path.exists(os.path.join(path, PRESET_CONFIG)):
+        raise KerastuneError(f"run dir {run.path!r}: {MODEL_DIR}/ has no {PRESET_CONFIG}: "
+                             "expected a model saved by the run (save_to_preset)")
     check_preset_folder(path, "run model")
     check_weights(run.path)
     if "dtype" not in kwargs:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        with open(os.path.join(path, PRESET_CONFIG), encoding="utf-8") as f:
             config = json.load(f)
         dtype = config.get("config", {}).get("dtype") if isinstance(config, dict) else None
         name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype

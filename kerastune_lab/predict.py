@@ -7,7 +7,7 @@ import numpy as np
 
 from kerastune_lab import run_files
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.runs import RunDir
+from kerastune_lab.runs import EVALUATION, METRICS, RunDir
 
 
 def _softmax(logits):
@@ -35,9 +35,9 @@ def open_image_run(run_dir):
     """(RunDir, image_size, class names) of a finished image-classification
     run, its files checked (`run_files`) before anything loads."""
     run = run_files.check_run(run_dir)
-    config = run_files.run_config(run.path)
-    if "image_size" not in config or not os.path.exists(run.file("labels.json")):
+    if run.kind != "image_classifier" or not os.path.exists(run.labels_path):
         raise KerastuneError(f"run dir {run_dir!r} is not an image-classification run")
+    config = run_files.run_config(run.path)
     return run, run_files.image_size(run.path, config), run_files.class_names(run.path)
 
 
@@ -65,7 +65,7 @@ def predict_images(run_dir, paths, batch_size=32):
     probs = _softmax(np.asarray(model.predict(images, batch_size=batch_size, verbose=0),
                                 dtype="float64"))
     threshold = None
-    if os.path.exists(run.file("threshold.json")):
+    if os.path.exists(run.threshold_path):
         threshold = saved_threshold(run_files.threshold(run.path, class_names))
         logging.getLogger("kerastune_lab").info(
             "decision threshold %.4f on P(%s), from threshold.json (chosen on the %s split "
@@ -137,7 +137,7 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
     name = name or os.path.basename(os.path.normpath(data)) or "data"
     if os.sep in name or name.startswith("."):
         raise KerastuneError(f"evaluation name {name!r}: expected a plain folder name")
-    out_path = run.file(f"eval-{name}")
+    out_path = run.eval_path(name)
     if os.path.exists(out_path) and not overwrite:
         raise KerastuneError(f"{out_path!r} already holds an evaluation: choose another "
                              "--name or pass --overwrite")
@@ -148,7 +148,7 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
     # The run's own threshold (chosen on its validation split) is measured on
     # this data; a --target-recall of the command's own chooses one on it.
     threshold = None
-    if target_recall is None and os.path.exists(run.file("threshold.json")):
+    if target_recall is None and os.path.exists(run.threshold_path):
         threshold = saved_threshold(run_files.threshold(run.path, class_names))
         if positive_class is not None and threshold["positive_class"] != positive_class:
             threshold = None
@@ -164,7 +164,7 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
     y_true, probs = predict_dataset(model, dataset)
     out = RunDir.create(out_path, overwrite=overwrite)
     try:
-        out.write_json("evaluation.json", {
+        out.write_json(EVALUATION, {
             "run": os.path.abspath(run.path), "data": os.path.abspath(data),
             "num_images": int(len(y_true)), "skipped": skipped,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat()})
@@ -175,9 +175,9 @@ def evaluate_image_folder(run_dir, data, name=None, overwrite=False, batch_size=
                                       target_recall=target_recall, prefix="test",
                                       threshold=threshold)
         summary["evaluation_data"] = os.path.abspath(data)
-        out.write_json("metrics.json", summary)
+        out.write_json(METRICS, summary)
         write_report(out, summary, f"Evaluation of {os.path.basename(run.path)} on {data}",
-                     notes=[f"model: {run.file('model')}", f"{len(y_true)} images, skipped "
+                     notes=[f"model: {run.model_path}", f"{len(y_true)} images, skipped "
                             f"{sum(skipped.values())} unreadable or non-image files"])
         out.finish()
     except BaseException:

@@ -3,6 +3,9 @@
 A recipe is a Python file with
     Config          a dataclass: typed, commented defaults
     main(config, run)   data, model, training, evaluation, saving
+    KIND            optional: the kind of run it makes (a key of
+                    `runs.KINDS`, e.g. "image_classifier"), recorded in the
+                    run folder when it is created (`RunDir.kind`)
     smoke()         optional: returns the overrides of `--smoke` (a tiny
                     preset and small generated data in the real layout)
 
@@ -29,7 +32,7 @@ import sys
 from kerastune_lab import config as config_lib
 from kerastune_lab import errors, shipped
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.runs import RunDir, default_run_dir, package_versions
+from kerastune_lab.runs import CONFIG, KINDS, RunDir, default_run_dir, package_versions
 
 log = logging.getLogger("kerastune_lab")
 
@@ -50,6 +53,10 @@ def load_recipe(path):
         raise KerastuneError(f"recipe file {path!r} has no Config dataclass")
     if not callable(getattr(module, "main", None)):
         raise KerastuneError(f"recipe file {path!r} has no main(config, run) function")
+    kind = getattr(module, "KIND", None)
+    if kind is not None and kind not in KINDS:
+        raise KerastuneError(f"recipe file {path!r}: KIND = {kind!r}: expected one of "
+                             f"{', '.join(KINDS)}")
     module.RECIPE_NAME = name
     return module
 
@@ -65,7 +72,7 @@ def resolve_config(module, smoke=False, overrides=()):
 
 
 def _add_log_file(run):
-    handler = logging.FileHandler(run.file("log.txt"), encoding="utf-8")
+    handler = logging.FileHandler(run.log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("kerastune_lab")
     if logger.level == logging.NOTSET:  # called from Python: log.txt gets the INFO lines too
@@ -108,14 +115,14 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
                 "config": config_lib.to_dict(cfg),
                 "defaults": config_lib.to_dict(defaults)}
     run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME), overwrite=overwrite,
-                        resume=identity)
+                        resume=identity, kind=getattr(module, "KIND", None))
     handler = _add_log_file(run)
     command = resume_command(named, identity["backend"], smoke, overrides, run.path)
     try:
         if run.resumed:
             log.info("resuming the unfinished run in %s", run.path)
-            resumed = run.read_json("config.json").get("resumed", [])
-            run.update_json("config.json", resumed=resumed + [{
+            resumed = run.read_json(CONFIG).get("resumed", [])
+            run.update_json(CONFIG, resumed=resumed + [{
                 "command": sys.argv,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}])
         else:
@@ -129,11 +136,11 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
             run.settings = run_settings(cfg, run)
             with dtype_policy(run.settings.precision):
                 module.main(cfg, run)
-            if os.path.exists(run.file("history.csv")):
+            if os.path.exists(run.history_path):
                 from kerastune_lab.evaluate import plot_history
                 from kerastune_lab.runs import read_csv
 
-                plot_history(read_csv(run.file("history.csv")), run.file("training_curves.png"))
+                plot_history(read_csv(run.history_path), run.training_curves_path)
             run.finish()
     except resume.Interrupted as e:
         e.resume_command = command
@@ -169,7 +176,7 @@ def _log_to_file(handler, exc, config_keys=()):
 
 
 def _write_config(run, module, path, smoke, overrides, cfg, backend):
-    run.write_json("config.json", {
+    run.write_json(CONFIG, {
         "recipe": module.RECIPE_NAME,
         "recipe_path": os.path.abspath(path),
         "backend": backend,

@@ -24,16 +24,16 @@ import os
 
 from kerastune_lab import models
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.runs import RunDir
+from kerastune_lab.runs import CHAT, CONFIG, LABELS, THRESHOLD, RunDir
 from kerastune_lab.text_checks import unicode_problem
 
 EXPECTED = {
-    "config.json": "the JSON object the run wrote, its settings under \"config\"",
-    "labels.json": "the list of class names the run wrote",
-    "chat.json": "the chat settings the run wrote (a JSON object with a \"template\" "
-                 "string holding {prompt} then {response})",
-    "threshold.json": "the decision threshold the run wrote (a JSON object with "
-                      "positive_class, threshold and target_recall)",
+    CONFIG: "the JSON object the run wrote, its settings under \"config\"",
+    LABELS: "the list of class names the run wrote",
+    CHAT: "the chat settings the run wrote (a JSON object with a \"template\" "
+          "string holding {prompt} then {response})",
+    THRESHOLD: "the decision threshold the run wrote (a JSON object with "
+               "positive_class, threshold and target_recall)",
 }
 FIX = "re-run the recipe or restore the file"
 
@@ -86,12 +86,12 @@ def read_json(run_path, name):
 def run_config(run_path):
     """The "config" object of the run's config.json (its settings; {} for a
     config.json without one, as a run made by hand may be)."""
-    data = read_json(run_path, "config.json")
+    data = read_json(run_path, CONFIG)
     if not isinstance(data, dict):
-        raise damaged(run_path, "config.json", f"{_kind(data)}, not an object")
+        raise damaged(run_path, CONFIG, f"{_kind(data)}, not an object")
     config = data.get("config", {})
     if not isinstance(config, dict):
-        raise damaged(run_path, "config.json", f"its \"config\" is {_kind(config)}, not an "
+        raise damaged(run_path, CONFIG, f"its \"config\" is {_kind(config)}, not an "
                       "object")
     return config
 
@@ -100,27 +100,27 @@ def image_size(run_path, config):
     """The run's image_size (int pixels), from its `run_config`."""
     size = config.get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise damaged(run_path, "config.json", f"its image_size is {_kind(size)}, {size!r}",
+        raise damaged(run_path, CONFIG, f"its image_size is {_kind(size)}, {size!r}",
                       "image_size a whole number of pixels, as the run wrote it")
     return size
 
 
 def class_names(run_path):
     """The run's labels.json: a list of distinct non-empty strings."""
-    names = read_json(run_path, "labels.json")
+    names = read_json(run_path, LABELS)
     if not isinstance(names, list) or not names:
-        raise damaged(run_path, "labels.json", "an empty list" if names == [] else
+        raise damaged(run_path, LABELS, "an empty list" if names == [] else
                       f"{_kind(names)}, not a list of names")
     for n, name in enumerate(names, start=1):
         if not isinstance(name, str) or not name.strip():
-            raise damaged(run_path, "labels.json", f"class {n} is {_kind(name)}, {name!r}"
+            raise damaged(run_path, LABELS, f"class {n} is {_kind(name)}, {name!r}"
                           if not isinstance(name, str) else f"class {n} is an empty name")
         problem = unicode_problem(name, escaped=False)
         if problem:
-            raise damaged(run_path, "labels.json", f"class {n}: {problem}")
+            raise damaged(run_path, LABELS, f"class {n}: {problem}")
     if len(set(names)) < len(names):
         twice = next(name for name in names if names.count(name) > 1)
-        raise damaged(run_path, "labels.json", f"class {twice!r} is named twice")
+        raise damaged(run_path, LABELS, f"class {twice!r} is named twice")
     return names
 
 
@@ -128,21 +128,21 @@ def chat_settings(run_path):
     """The run's chat.json: a JSON object with a "template" string."""
     from kerastune_lab.data.chat_template import check_settings
 
-    settings = read_json(run_path, "chat.json")
+    settings = read_json(run_path, CHAT)
     if not isinstance(settings, dict):
-        raise damaged(run_path, "chat.json", f"{_kind(settings)}, not an object")
+        raise damaged(run_path, CHAT, f"{_kind(settings)}, not an object")
     template = settings.get("template")
     if not isinstance(template, str):
-        raise damaged(run_path, "chat.json", f"its \"template\" is {_kind(template)}"
+        raise damaged(run_path, CHAT, f"its \"template\" is {_kind(template)}"
                       if "template" in settings else "it has no \"template\"")
     try:
         check_settings(template)
     except KerastuneError:
-        raise damaged(run_path, "chat.json", f"its template {template[:60]!r} lacks "
+        raise damaged(run_path, CHAT, f"its template {template[:60]!r} lacks "
                       "{prompt} then {response}") from None
     problem = unicode_problem(template, escaped=False)
     if problem or not isinstance(settings.get("add_start_token", True), bool):
-        raise damaged(run_path, "chat.json", f"its template: {problem}" if problem else
+        raise damaged(run_path, CHAT, f"its template: {problem}" if problem else
                       f"its add_start_token is {_kind(settings['add_start_token'])}, "
                       "not true or false")
     return settings
@@ -150,17 +150,17 @@ def chat_settings(run_path):
 
 def threshold(run_path, names):
     """The run's threshold.json, checked against its class `names`."""
-    point = read_json(run_path, "threshold.json")
+    point = read_json(run_path, THRESHOLD)
     if not isinstance(point, dict):
-        raise damaged(run_path, "threshold.json", f"{_kind(point)}, not an object")
+        raise damaged(run_path, THRESHOLD, f"{_kind(point)}, not an object")
     if point.get("positive_class") not in names:
-        raise damaged(run_path, "threshold.json", f"its positive_class "
+        raise damaged(run_path, THRESHOLD, f"its positive_class "
                       f"{point.get('positive_class')!r} is not one of {names}")
     for key in ("threshold", "target_recall"):
         value = point.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
                 math.isfinite(value) and 0 <= value <= 1):
-            raise damaged(run_path, "threshold.json",
+            raise damaged(run_path, THRESHOLD,
                           f"its {key} is {_kind(value)}, {value!r}, not a number in [0, 1]")
     return point
 
@@ -177,13 +177,13 @@ def check_run(run_dir):
     if "image_size" in config:
         image_size(run.path, config)
     names = None
-    if os.path.exists(run.file("labels.json")):
+    if os.path.exists(run.labels_path):
         names = class_names(run.path)
-    if os.path.exists(run.file("threshold.json")) and names is not None:
+    if os.path.exists(run.threshold_path) and names is not None:
         threshold(run.path, names)
-    if os.path.exists(run.file("chat.json")):
+    if os.path.exists(run.chat_path):
         chat_settings(run.path)
-    if os.path.isdir(run.file("model")):  # its JSON files, its weights (h5py, no Keras)
-        models.check_preset_folder(run.file("model"), "run model")
+    if os.path.isdir(run.model_path):  # its JSON files, its weights (h5py, no Keras)
+        models.check_preset_folder(run.model_path, "run model")
         models.check_weights(run.path)
     return run

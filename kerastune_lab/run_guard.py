@@ -1,4 +1,5 @@
-"""What keeps a run folder safe: only runs are replaced, one writer at a time.
+"""What keeps a run folder safe: only runs are replaced, one writer at a time,
+and only where the disk can take it.
 
 `is_run` tells a run of this toolkit (it holds `MARKER`, written when the
 folder is made, or is a run of an earlier version) from a folder of the
@@ -9,14 +10,24 @@ holder's PID) from `RunDir.create` to the end of the run; a second process
 is refused with one line naming the first one's PID. The OS frees the lock
 when the process dies, however it dies, so a `kill -9` never leaves a stale
 lock behind.
+
+`check_writable` refuses a run folder that cannot be written, or whose disk
+is nearly full, before anything trains; `_resumable` an unfinished run of
+another recipe, backend or config.
+
+The names of a run's files are `runs.py`'s; the few this module looks for
+are defined here (it cannot import `runs`, which imports it) and re-exported
+there.
 """
 
 import errno
 import json
 import logging
 import os
+import shutil
 import time
 
+from kerastune_lab.atomic import _jsonable
 from kerastune_lab.errors import KerastuneError
 
 try:
@@ -32,6 +43,10 @@ LOCK_FILE = ".lock"  # locked while a process writes the run (`RunLock`)
 MARKER = "kerastune_run.json"
 # The marks an earlier version's run holds (see `is_run`).
 FINISHED, FAILED, BACKUP_DIR = "FINISHED", "FAILED", "backup"
+CONFIG, LOG, EVALUATION = "config.json", "log.txt", "evaluation.json"
+# A run directory is refused when its disk has less free space than this (MB);
+# the environment variable KERASTUNE_MIN_FREE_MB overrides it.
+MIN_FREE_MB = 100
 
 
 def _read_json(path):
@@ -60,15 +75,15 @@ def is_run(path):
     if os.path.isfile(os.path.join(path, MARKER)):
         return True
     finished = os.path.exists(os.path.join(path, FINISHED))
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if os.path.isfile(os.path.join(path, CONFIG)):
         if finished or os.path.exists(os.path.join(path, FAILED)) or os.path.isdir(
                 os.path.join(path, BACKUP_DIR)):
             return True
-        config = _read_json(os.path.join(path, "config.json"))
-        if (os.path.isfile(os.path.join(path, "log.txt")) and isinstance(config, dict)
+        config = _read_json(os.path.join(path, CONFIG))
+        if (os.path.isfile(os.path.join(path, LOG)) and isinstance(config, dict)
                 and "recipe" in config and isinstance(config.get("config"), dict)):
             return True
-    return finished and os.path.isfile(os.path.join(path, "evaluation.json"))
+    return finished and os.path.isfile(os.path.join(path, EVALUATION))
 
 
 def _contents(path):
@@ -275,5 +290,96 @@ class RunLock:
             pass
 
 
-__all__ = ["LOCK_FILE", "MARKER", "RunLock", "check_not_foreign", "check_not_in_use",
-           "holds_files", "is_run", "lock_holder"]
+def _existing_ancestor(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def min_free_mb():
+    """The free space a run directory's disk must have: $KERASTUNE_MIN_FREE_MB
+    or `MIN_FREE_MB`."""
+    text = os.environ.get("KERASTUNE_MIN_FREE_MB")
+    if text is None:
+        return MIN_FREE_MB
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not value >= 0:
+        raise KerastuneError(f"KERASTUNE_MIN_FREE_MB={text!r}: expected a number of MB, 0 "
+                             "or more")
+    return value
+
+
+def check_writable(path, min_free=None, set_aside=False):
+    """Raises a one-line `KerastuneError` unless a run directory can be written
+    at `path`: the folder (or the nearest folder above it that exists) must
+    be writable, and its disk must have `min_free` MB free.
+
+    Args:
+        path: str. The run directory, existing or not.
+        min_free: float or None. MB. Defaults to `min_free_mb()`.
+        set_aside: bool. An existing `path` will be renamed (--overwrite), so
+            its parent must be writable too.
+    """
+    path = os.path.abspath(os.fspath(path))
+    min_free = min_free_mb() if min_free is None else min_free
+    where = _existing_ancestor(path if not set_aside else os.path.dirname(path))
+    if not os.path.isdir(where):
+        raise KerastuneError(f"output dir {path!r} cannot be created: {where!r} is a file, "
+                             "expected a folder")
+    for folder in {where, path} if os.path.isdir(path) else {where}:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise KerastuneError(f"output dir {path!r} cannot be written: {folder!r} is not "
+                                 "writable; choose another --output-dir")
+    free = shutil.disk_usage(where).free / 2**20
+    if free < min_free:
+        raise KerastuneError(
+            f"output dir {path!r}: only {free:.0f} MB free on its disk, expected at least "
+            f"{min_free:g} MB (free some space, choose another --output-dir, or set "
+            "KERASTUNE_MIN_FREE_MB)")
+
+
+def _normal(value):
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+def _resumable(path, identity):
+    """Whether `path` holds an unfinished run of `identity` ({"recipe",
+    "backend", "config"}, and optionally "defaults": the recipe's config
+    before overrides) to resume. False for a finished run or a folder
+    without a kerastune config.json; a one-line `KerastuneError` for an
+    unfinished run of another recipe, backend or config. A key the saved
+    config lacks (added to the recipe since) counts as the same when it is
+    at its default here."""
+    if os.path.exists(os.path.join(path, FINISHED)):
+        return False
+    try:
+        with open(os.path.join(path, CONFIG), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        return False
+    fix = "run its own command to resume it, or pass --overwrite to start again"
+    for key in ("recipe", "backend"):
+        if saved.get(key) != identity[key]:
+            raise KerastuneError(f"output dir {path!r} holds an unfinished run with "
+                                 f"{key} {saved.get(key)!r}, not {identity[key]!r}: {fix}")
+    old, new = saved["config"], _normal(identity["config"])
+    defaults = _normal(identity.get("defaults") or {})
+    for key in sorted(set(old) | set(new)):
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
+            continue  # a key the recipe gained since the run started, at its default
+        if old.get(key) != new.get(key):
+            raise KerastuneError(f"output dir {path!r} holds an unfinished run with another "
+                                 f"config ({key}={old.get(key)!r} there, {new.get(key)!r} "
+                                 f"here): {fix}")
+    return True
+
+
+__all__ = ["LOCK_FILE", "MARKER", "MIN_FREE_MB", "RunLock", "check_not_foreign",
+           "check_not_in_use", "check_writable", "holds_files", "is_run", "lock_holder",
+           "min_free_mb"]

@@ -1,27 +1,47 @@
-"""Run directories: where every result of a run is written.
+"""Run directories: where every result of a run is written, and the one
+place that names its files: a constant for each (`CONFIG`, ...) and a
+`RunDir` property for its path (`run.config_path`, ...). Code elsewhere uses
+these names, never a string of its own (tests/test_run_layout.py checks).
 
     runs/<recipe>-<UTC time>/
-      config.json     resolved config, backend, package versions, command
-      history.csv     one row per epoch (with its phase)
-      metrics.json    final figures
-      training_curves.png
-      model/          the trained model as a KerasHub preset (`from_preset`)
-      labels.json     class names, index order
+      kerastune_run.json  MARKER: written first: this folder is a run of this
+                      toolkit (recipe, kind, time, version); only such a folder
+                      is resumed or replaced by --overwrite (`is_run`); its
+                      "kind" is the run's kind (`RunDir.kind`, `KINDS`)
+      config.json     CONFIG: resolved config, backend, package versions, command
+      log.txt         LOG: the run's log lines
+      history.csv     HISTORY: one row per epoch (with its phase)
+      training_curves.png  TRAINING_CURVES: plotted from history.csv
+      tensorboard/    TENSORBOARD_DIR: TensorBoard logs (where the recipe asks)
+      backup/         BACKUP_DIR: the training backup, while unfinished (`resume`)
+      model/          MODEL_DIR: the trained model as a KerasHub preset
+                      (`from_preset`; its task.json names the task class)
+      adapter.lora.h5 ADAPTER: a LoRA run's adapter, instead of model/
+      labels.json     LABELS: class names, index order (classifiers)
+      chat.json       CHAT: the chat template the model was tuned with
+      metrics.json    METRICS: final figures
+      report.md       REPORT: the figures, plots and samples, for people
+      classification_report.json, .txt   CLASSIFICATION_REPORT(_TEXT): per class
+      confusion_matrix.json, .png        CONFUSION_MATRIX(_PLOT)
+      roc.png, pr.png                    ROC_PLOT, PR_PLOT: the curves
+      threshold.json  THRESHOLD: the decision threshold (a target recall)
+      eval-<name>/    `eval_path(name)`: an evaluation by `kerastune evaluate`,
+                      itself a run folder: evaluation.json (EVALUATION: run,
+                      data, time), metrics.json, report.md and the files of
+                      `evaluate_classifier`
       FINISHED        written last: the run completed
       FAILED          the run stopped on an error: its line and the exit code
                       (kept only where something was trained: see `RunDir.fail`)
-      kerastune_run.json  written first: this folder is a run of this toolkit
-                      (recipe, time, version); only such a folder is resumed
-                      or replaced by --overwrite (`is_run`)
-      .lock           while a process writes the run: an OS lock on it (with
-                      the PID) keeps a second process out (`RunLock`)
+      .lock           LOCK_FILE: while a process writes the run: an OS lock on it
+                      (with the PID) keeps a second process out (`RunLock`)
+    runs/<recipe>-<UTC time>.replaced/   REPLACED: a run set aside by
+                      --overwrite until the new one finishes
 
 Every file is written to a temporary name in the same folder and renamed into
 place (`os.replace` is atomic on POSIX and Windows), so a crash never leaves a
 half-written file; the model folder is saved whole, then renamed.
 """
 
-import csv
 import datetime
 import importlib.metadata
 import json
@@ -32,6 +52,7 @@ from kerastune_lab.atomic import (  # noqa: F401  (part of this module's API)
     _jsonable,
     atomic_path,
     normal_path,
+    read_csv,
     write_csv,
     write_json,
     write_text,
@@ -39,23 +60,60 @@ from kerastune_lab.atomic import (  # noqa: F401  (part of this module's API)
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.run_guard import (  # noqa: F401  (part of this module's API)
     BACKUP_DIR,
+    CONFIG,
+    EVALUATION,
     FAILED,
     FINISHED,
     LOCK_FILE,
+    LOG,
     MARKER,
+    MIN_FREE_MB,
     RunLock,
+    _read_json,
+    _resumable,
     check_not_foreign,
     check_not_in_use,
+    check_writable,
     holds_files,
     is_run,
     lock_holder,
 )
 from kerastune_lab.settings import RunSettings
 
+# The files and folders of a run (the layout above; CONFIG, LOG, EVALUATION,
+# FINISHED, FAILED, BACKUP_DIR, LOCK_FILE and MARKER come from `run_guard`).
+HISTORY = "history.csv"
+TRAINING_CURVES = "training_curves.png"
+TENSORBOARD_DIR = "tensorboard"
+MODEL_DIR = "model"
+MODEL_TASK = "task.json"  # in model/: KerasHub's record of the task class
+ADAPTER = "adapter.lora.h5"
+LABELS = "labels.json"
+CHAT = "chat.json"
+METRICS = "metrics.json"
+REPORT = "report.md"
+CLASSIFICATION_REPORT = "classification_report.json"
+CLASSIFICATION_REPORT_TEXT = "classification_report.txt"
+CONFUSION_MATRIX = "confusion_matrix.json"
+CONFUSION_MATRIX_PLOT = "confusion_matrix.png"
+ROC_PLOT = "roc.png"
+PR_PLOT = "pr.png"
+THRESHOLD = "threshold.json"
+EVAL_PREFIX = "eval-"  # eval-<name>/: an evaluation of the run
 REPLACED = ".replaced"  # suffix of a run set aside by --overwrite
-# A run directory is refused when its disk has less free space than this (MB);
-# the environment variable KERASTUNE_MIN_FREE_MB overrides it.
-MIN_FREE_MB = 100
+
+# The kinds of run: what a recipe declares (its `KIND`), recorded in MARKER
+# when the run is created and read back by `RunDir.kind`.
+KINDS = {
+    "image_classifier": "an image-classification run",
+    "text_classifier": "a text-classification run",
+    "causal_lm": "a chat run (a causal LM)",
+    "lora": "a LoRA run",
+}
+# How the runs that did not record a kind are told apart by their model's
+# task class (model/task.json), as `kerastune export` once did.
+_TASK_KINDS = (("CausalLM", "causal_lm"), ("ImageClassifier", "image_classifier"),
+               ("TextClassifier", "text_classifier"))
 PACKAGES = ("keras", "keras-hub", "tensorflow", "jax", "jaxlib", "torch",
             "tensorflow-datasets", "kerastune_lab")
 
@@ -71,100 +129,15 @@ def package_versions():
     return versions
 
 
-def _existing_ancestor(path):
-    path = os.path.abspath(path)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
-def min_free_mb():
-    """The free space a run directory's disk must have: $KERASTUNE_MIN_FREE_MB
-    or `MIN_FREE_MB`."""
-    text = os.environ.get("KERASTUNE_MIN_FREE_MB")
-    if text is None:
-        return MIN_FREE_MB
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if not value >= 0:
-        raise KerastuneError(f"KERASTUNE_MIN_FREE_MB={text!r}: expected a number of MB, 0 "
-                             "or more")
-    return value
-
-
-def check_writable(path, min_free=None, set_aside=False):
-    """Raises a one-line `KerastuneError` unless a run directory can be written
-    at `path`: the folder (or the nearest folder above it that exists) must
-    be writable, and its disk must have `min_free` MB free.
-
-    Args:
-        path: str. The run directory, existing or not.
-        min_free: float or None. MB. Defaults to `min_free_mb()`.
-        set_aside: bool. An existing `path` will be renamed (--overwrite), so
-            its parent must be writable too.
-    """
-    path = os.path.abspath(os.fspath(path))
-    min_free = min_free_mb() if min_free is None else min_free
-    where = _existing_ancestor(path if not set_aside else os.path.dirname(path))
-    if not os.path.isdir(where):
-        raise KerastuneError(f"output dir {path!r} cannot be created: {where!r} is a file, "
-                             "expected a folder")
-    for folder in {where, path} if os.path.isdir(path) else {where}:
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise KerastuneError(f"output dir {path!r} cannot be written: {folder!r} is not "
-                                 "writable; choose another --output-dir")
-    free = shutil.disk_usage(where).free / 2**20
-    if free < min_free:
-        raise KerastuneError(
-            f"output dir {path!r}: only {free:.0f} MB free on its disk, expected at least "
-            f"{min_free:g} MB (free some space, choose another --output-dir, or set "
-            "KERASTUNE_MIN_FREE_MB)")
-
-
-def _normal(value):
-    return json.loads(json.dumps(value, default=_jsonable))
-
-
-def _resumable(path, identity):
-    """Whether `path` holds an unfinished run of `identity` ({"recipe",
-    "backend", "config"}, and optionally "defaults": the recipe's config
-    before overrides) to resume. False for a finished run or a folder
-    without a kerastune config.json; a one-line `KerastuneError` for an
-    unfinished run of another recipe, backend or config. A key the saved
-    config lacks (added to the recipe since) counts as the same when it is
-    at its default here."""
-    if os.path.exists(os.path.join(path, FINISHED)):
-        return False
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return False
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        return False
-    fix = "run its own command to resume it, or pass --overwrite to start again"
-    for key in ("recipe", "backend"):
-        if saved.get(key) != identity[key]:
-            raise KerastuneError(f"output dir {path!r} holds an unfinished run with "
-                                 f"{key} {saved.get(key)!r}, not {identity[key]!r}: {fix}")
-    old, new = saved["config"], _normal(identity["config"])
-    defaults = _normal(identity.get("defaults") or {})
-    for key in sorted(set(old) | set(new)):
-        if key not in old and key in defaults and new.get(key) == defaults[key]:
-            continue  # a key the recipe gained since the run started, at its default
-        if old.get(key) != new.get(key):
-            raise KerastuneError(f"output dir {path!r} holds an unfinished run with another "
-                                 f"config ({key}={old.get(key)!r} there, {new.get(key)!r} "
-                                 f"here): {fix}")
-    return True
-
-
 def default_run_dir(recipe_name, root="runs"):
     """Returns `runs/<recipe>-<UTC time>`."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return os.path.join(root, f"{recipe_name}-{stamp}")
+
+
+def _in_run(name):
+    """A `RunDir` property: the path of the run's file or folder `name`."""
+    return property(lambda run: run.file(name), doc=f"The path of the run's {name}.")
 
 
 def _lock_run(path):
@@ -184,11 +157,36 @@ class RunDir:
     Example:
 
     ```python
-    run = RunDir.create("runs/mine")
-    run.write_json("metrics.json", {"val_accuracy": 0.93})
+    run = RunDir.create("runs/mine", kind="image_classifier")
+    run.write_json(METRICS, {"val_accuracy": 0.93})  # at run.metrics_path
     run.finish()
     ```
     """
+
+    # Where each file of the run is (the module's layout).
+    marker_path = _in_run(MARKER)
+    config_path = _in_run(CONFIG)
+    log_path = _in_run(LOG)
+    history_path = _in_run(HISTORY)
+    training_curves_path = _in_run(TRAINING_CURVES)
+    tensorboard_path = _in_run(TENSORBOARD_DIR)
+    backup_path = _in_run(BACKUP_DIR)
+    model_path = _in_run(MODEL_DIR)
+    adapter_path = _in_run(ADAPTER)
+    labels_path = _in_run(LABELS)
+    chat_path = _in_run(CHAT)
+    metrics_path = _in_run(METRICS)
+    report_path = _in_run(REPORT)
+    classification_report_path = _in_run(CLASSIFICATION_REPORT)
+    classification_report_text_path = _in_run(CLASSIFICATION_REPORT_TEXT)
+    confusion_matrix_path = _in_run(CONFUSION_MATRIX)
+    confusion_matrix_plot_path = _in_run(CONFUSION_MATRIX_PLOT)
+    roc_plot_path = _in_run(ROC_PLOT)
+    pr_plot_path = _in_run(PR_PLOT)
+    threshold_path = _in_run(THRESHOLD)
+    evaluation_path = _in_run(EVALUATION)
+    finished_path = _in_run(FINISHED)
+    failed_path = _in_run(FAILED)
 
     def __init__(self, path):
         self.path = normal_path(path)
@@ -202,14 +200,49 @@ class RunDir:
         return f"RunDir({self.path!r})"
 
     def file(self, name):
+        """The path of the run's file `name` (one of the module's names)."""
         return os.path.join(self.path, name)
+
+    def eval_path(self, name):
+        """The folder of the run's evaluation `name` (`kerastune evaluate`)."""
+        return self.file(EVAL_PREFIX + name)
 
     @property
     def finished(self):
-        return os.path.exists(self.file(FINISHED))
+        return os.path.exists(self.finished_path)
+
+    @property
+    def kind(self):
+        """The kind of run, a key of `KINDS` (None where unknown): as recorded
+        when the run was created (`create(kind=...)`: the recipe's `KIND`),
+        else as told from its files, for a run of an earlier version or one
+        created without a kind."""
+        marker = _read_json(self.marker_path)
+        if isinstance(marker, dict) and marker.get("kind") in KINDS:
+            return marker["kind"]
+        return self._kind_from_files()
+
+    def _kind_from_files(self):
+        """How the commands told the kinds apart before runs recorded them:
+        an adapter without a model, a chat template, the config's keys, the
+        model's task class."""
+        if os.path.isfile(self.adapter_path) and not os.path.isdir(self.model_path):
+            return "lora"
+        if os.path.isfile(self.chat_path):
+            return "causal_lm"
+        saved = _read_json(self.config_path)
+        config = saved.get("config") if isinstance(saved, dict) else None
+        if isinstance(config, dict) and "image_size" in config:
+            return "image_classifier"
+        if isinstance(config, dict) and "sequence_length" in config:
+            return "text_classifier"
+        task = _read_json(os.path.join(self.model_path, MODEL_TASK))
+        name = task.get("class_name") if isinstance(task, dict) else None
+        return next((kind for suffix, kind in _TASK_KINDS
+                     if isinstance(name, str) and name.endswith(suffix)), None)
 
     @classmethod
-    def create(cls, path, overwrite=False, min_free_mb=None, resume=None):
+    def create(cls, path, overwrite=False, min_free_mb=None, resume=None, kind=None):
         """Makes the folder, refusing to reuse one that holds a run, and
         locks it (`RunLock`) until `finish`, `discard` or `release`.
 
@@ -229,7 +262,11 @@ class RunDir:
                 to make (and "defaults", see `_resumable`): an unfinished run
                 of the same ones at `path` is reused (`resumed` is True), one
                 of others is an error.
+            kind: str or None. The kind of run (a key of `KINDS`), recorded
+                in `MARKER` for `kind` to read back.
         """
+        if kind is not None and kind not in KINDS:
+            raise KerastuneError(f"run kind {kind!r}: expected one of {', '.join(KINDS)}")
         path = normal_path(path)
         if os.path.exists(path) and not os.path.isdir(path):
             raise KerastuneError(f"output dir {path!r} exists and is not a folder")
@@ -240,7 +277,7 @@ class RunDir:
                                  "another --output-dir or pass --overwrite")
         held = _lock_run(path) if busy else None  # a run: locked before it is looked into
         try:
-            run = cls._create(path, busy, held, overwrite, min_free_mb, resume)
+            run = cls._create(path, busy, held, overwrite, min_free_mb, resume, kind)
         except BaseException:
             if held is not None:
                 held.release()
@@ -250,7 +287,7 @@ class RunDir:
         return run
 
     @classmethod
-    def _create(cls, path, busy, held, overwrite, min_free_mb, resume):
+    def _create(cls, path, busy, held, overwrite, min_free_mb, resume, kind):
         recipe = (resume or {}).get("recipe")
         resumed = bool(busy and not overwrite and resume is not None
                        and _resumable(path, resume))
@@ -258,8 +295,8 @@ class RunDir:
             check_writable(path, min_free_mb)
             run = cls(path)
             run.resumed, run.lock = True, held
-            if not os.path.exists(run.file(MARKER)):  # a run of an earlier version
-                run._write_marker(recipe)
+            if not os.path.exists(run.marker_path):  # a run of an earlier version
+                run._write_marker(recipe, kind)
             return run
         if busy and not overwrite:
             what = ("a finished run" if os.path.exists(os.path.join(path, FINISHED))
@@ -296,19 +333,19 @@ class RunDir:
         run = cls(path)
         run.lock = RunLock.acquire(path)  # refused if another process took it meanwhile
         try:
-            run._write_marker(recipe)
+            run._write_marker(recipe, kind)
         except BaseException:
             run.discard()  # nothing here yet: put back the run it replaced, if any
             raise
         return run
 
-    def _write_marker(self, recipe=None):
+    def _write_marker(self, recipe=None, kind=None):
         from kerastune_lab import __version__
 
         # Atomic, not synced: its being there is what counts, and the run's
         # first synced file (config.json) is the one a full disk names.
-        write_json(self.file(MARKER), {
-            "recipe": recipe,
+        write_json(self.marker_path, {
+            "recipe": recipe, "kind": kind,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "kerastune_lab": __version__}, sync=False)
 
@@ -325,8 +362,8 @@ class RunDir:
         path = normal_path(path)
         if not os.path.isdir(path):
             raise KerastuneError(f"run dir {path!r} does not exist")
-        if not os.path.exists(os.path.join(path, "config.json")):
-            raise KerastuneError(f"run dir {path!r} has no config.json: not a kerastune run")
+        if not os.path.exists(os.path.join(path, CONFIG)):
+            raise KerastuneError(f"run dir {path!r} has no {CONFIG}: not a kerastune run")
         return cls(path)
 
     def write_json(self, name, obj):
@@ -349,7 +386,7 @@ class RunDir:
         self.write_json(name, data)
         return data
 
-    def save_model(self, model, name="model"):
+    def save_model(self, model, name=MODEL_DIR):
         """Saves a KerasHub task as a preset folder, atomically."""
         with atomic_path(self.file(name)) as tmp:
             model.save_to_preset(tmp)
@@ -358,7 +395,7 @@ class RunDir:
     def trained(self):
         """Whether training left something here: a backup, a history or a model."""
         return any(os.path.exists(self.file(name))
-                   for name in (BACKUP_DIR, "history.csv", "model"))
+                   for name in (BACKUP_DIR, HISTORY, MODEL_DIR))
 
     def fail(self, line, exit_code):
         """Records a run that stopped on an error, or removes it.
@@ -396,15 +433,3 @@ class RunDir:
             os.replace(self.path + REPLACED, self.path)
         self.release()
 
-
-def read_csv(path):
-    """Reads a CSV written by `write_csv`; numbers come back as floats."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key, value in row.items():
-            try:
-                row[key] = float(value)
-            except (TypeError, ValueError):
-                pass
-    return rows

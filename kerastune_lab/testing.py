@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from kerastune_lab.hub.handles import CONFIG_FILE as PRESET_CONFIG
 from kerastune_lab.runs import atomic_path
 
 PRESET_KINDS = ("resnet", "distilbert", "gpt2", "llama")
@@ -158,7 +159,7 @@ def save_tiny_preset(kind, path, seed=0):
 def tiny_preset(kind):
     """Returns the folder of a cached tiny preset of `kind`, building it once."""
     path = os.path.join(cache_dir("presets"), f"tiny_{kind}")
-    if not os.path.exists(os.path.join(path, "config.json")):
+    if not os.path.exists(os.path.join(path, PRESET_CONFIG)):
         save_tiny_preset(kind, path)
     return path
 

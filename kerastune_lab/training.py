@@ -45,6 +45,7 @@ import keras
 from kerastune_lab import backend
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.in_order import InOrder
+from kerastune_lab.runs import CONFIG, HISTORY, TENSORBOARD_DIR
 
 log = logging.getLogger("kerastune_lab")
 
@@ -73,10 +74,10 @@ class HistoryWriter(keras.callbacks.Callback):
         self.phase = phase
         self.rows = []
         self._start = None
-        if os.path.exists(run.file("history.csv")):  # a resumed run
+        if os.path.exists(run.file(HISTORY)):  # a resumed run
             from kerastune_lab.runs import read_csv
 
-            self.rows = read_csv(run.file("history.csv"))
+            self.rows = read_csv(run.file(HISTORY))
             for row in self.rows:
                 row["epoch"] = int(row["epoch"])
 
@@ -93,10 +94,8 @@ class HistoryWriter(keras.callbacks.Callback):
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._start, 3)
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
-        self.run.write_csv("history.csv", self.rows)
+        self.run.write_csv(HISTORY, self.rows)
 
-
-TENSORBOARD_DIR = "tensorboard"
 
 JIT_COMPILE = ("auto", "true", "false")  # the values of a recipe's `jit_compile` key
 # What "auto" means on torch: eager. torch.compile (jit_compile=True) won on
@@ -225,10 +224,11 @@ def _precision(config, run):
     requested = getattr(config, "precision", None)
     if requested is None:
         return None
-    recorded = run.read_json("config.json").get("precision") if run.resumed else None
+    recorded = run.read_json(CONFIG).get("precision") if run.resumed else None
     if recorded:  # a resumed run goes on in the precision it started in
         return recorded, "the precision the run started in"
-    return backend.choose_precision(requested, backend.accelerators())
+    return backend.choose_precision(requested, backend.accelerators(),
+                                    getattr(config, "quantize", "none"))
 
 
 def run_settings(config, run):
@@ -249,7 +249,7 @@ def run_settings(config, run):
         policy, why = chosen
         accelerator = backend.describe(backend.accelerators())
         log.info("precision: %s (%s); accelerator: %s", policy, why, accelerator)
-        run.update_json("config.json", precision=policy, accelerator=accelerator)
+        run.update_json(CONFIG, precision=policy, accelerator=accelerator)
     return RunSettings(precision=policy,
                        jit_compile=choose_jit_compile(getattr(config, "jit_compile", "auto")),
                        tensorboard=run.file(TENSORBOARD_DIR))

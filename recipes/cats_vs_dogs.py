@@ -34,9 +34,14 @@ from kerastune_lab.finetune import two_phase
 from kerastune_lab.models import load_image_classifier, resolve_preset
 from kerastune_lab.predict import predict_dataset
 from kerastune_lab.resume import Backup
+from kerastune_lab.runs import LABELS, METRICS
 from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
+
+# The kind of run this recipe makes, recorded in its run folder when it is
+# created (`RunDir.kind`): what `kerastune predict`, `chat` and `export` read.
+KIND = "image_classifier"
 
 
 @dataclasses.dataclass
@@ -100,7 +105,7 @@ def main(config, run):
                                   augment=augmentation if where == "pipeline" else ())
     log.info("data: %d train / %d val images, classes %s", data.num_train, data.num_val,
              data.class_names)
-    run.write_json("labels.json", data.class_names)
+    run.write_json(LABELS, data.class_names)
 
     # Model: the preset's backbone with a new head for our classes.
     model = load_image_classifier(preset, num_classes=len(data.class_names))
@@ -149,7 +154,7 @@ def main(config, run):
 
     # Saving: the model as a KerasHub preset, then the metrics and the report.
     run.save_model(model)
-    run.write_json("metrics.json", metrics)
+    run.write_json(METRICS, metrics)
     write_report(run, metrics, "Cats vs dogs", notes=[
         f"preset {config.preset}, data {config.data}",
         f"evaluated on the validation split ({data.num_val} images, {config.val_split:.0%} "

@@ -32,9 +32,14 @@ from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune.two_phase import compile_classifier
 from kerastune_lab.models import check_sequence_length, load_task, resolve_preset
 from kerastune_lab.resume import Backup
+from kerastune_lab.runs import CLASSIFICATION_REPORT, LABELS, METRICS
 from kerastune_lab.training import HistoryWriter, fit_resumable
 
 log = logging.getLogger("kerastune_lab")
+
+# The kind of run this recipe makes, recorded in its run folder when it is
+# created (`RunDir.kind`): what `kerastune predict`, `chat` and `export` read.
+KIND = "text_classifier"
 
 
 @dataclasses.dataclass
@@ -94,7 +99,7 @@ def main(config, run):
     class_names = text.rename_labels(data.class_names, config.label_names)
     log.info("data: %d train / %d val / %d test texts, classes %s, %s empty dropped",
              data.num_train, data.num_val, data.num_test, class_names, data.dropped_empty)
-    run.write_json("labels.json", class_names)
+    run.write_json(LABELS, class_names)
 
     # Model: the preset's encoder and tokenizer, a new head for our classes.
     preprocessor = load_task(keras_hub.models.TextClassifierPreprocessor, preset,
@@ -120,7 +125,7 @@ def main(config, run):
     classifier = TextClassifierPipeline(model, class_names, config.batch_size)
     probs = classifier.predict_proba(data.test_texts)
     metrics = evaluate_classifier(run, data.test_labels, probs, class_names, prefix="test")
-    metrics["classification_report"] = run.read_json("classification_report.json")
+    metrics["classification_report"] = run.read_json(CLASSIFICATION_REPORT)
     metrics.update(num_train=data.num_train, num_val=data.num_val, num_test=data.num_test,
                    dropped_empty=data.dropped_empty, sequence_length=config.sequence_length,
                    truncated=truncated)
@@ -129,7 +134,7 @@ def main(config, run):
     held_out = ("its test split" if text.uses_own_test_split(config.data)
                 else f"{config.test_split:.0%} of each class held out")
     run.save_model(model)
-    run.write_json("metrics.json", metrics)
+    run.write_json(METRICS, metrics)
     write_report(run, metrics, "Movie-review sentiment", notes=[
         f"preset {config.preset}" + ("" if config.load_weights else " (random weights)"),
         f"data {config.data}, evaluated on the test data: {config.test_data or held_out}",

@@ -62,19 +62,18 @@ from kerastune_lab.evaluate import REPORT_PROMPTS, chat_metrics, chat_report, pe
 from kerastune_lab.finetune import lora, remat
 from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
 from kerastune_lab.finetune.quantize import load_quantized
-from kerastune_lab.generate import (
-    ADAPTER_FILE,
-    CHAT_FILE,
-    ChatGenerator,
-    chat_settings,
-    make_sampler,
-)
+from kerastune_lab.generate import ChatGenerator, chat_settings, make_sampler
 from kerastune_lab.models import check_sequence_length, resolve_preset
 from kerastune_lab.resume import Backup
+from kerastune_lab.runs import CHAT, METRICS, REPORT
 from kerastune_lab.shipped import data_file  # the chat pairs that ship with the package
 from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
+
+# The kind of run this recipe makes, recorded in its run folder when it is
+# created (`RunDir.kind`): what `kerastune predict`, `chat` and `export` read.
+KIND = "lora"
 
 # The base quantize modes this recipe trains on (see finetune/quantize.py).
 QUANTIZE = ("int8", "int4", "none")
@@ -200,18 +199,18 @@ def main(config, run):
         log.info("held-out perplexity after tuning: %.2f", perplexity_after)
 
         # Saving: the adapter (not the base), the template, metrics, the report.
-        lora.save_adapter(model, run.file(ADAPTER_FILE), preset=preset)
-    run.write_json(CHAT_FILE, dict(chat_settings(template),
-                                   sequence_length=config.sequence_length))
+        lora.save_adapter(model, run.adapter_path, preset=preset)
+    run.write_json(CHAT, dict(chat_settings(template),
+                              sequence_length=config.sequence_length))
     metrics = chat_metrics(
         perplexity_before, perplexity_after, train, heldout,
-        adapter_bytes=os.path.getsize(run.file(ADAPTER_FILE)),
+        adapter_bytes=os.path.getsize(run.adapter_path),
         trainable_parameters=counts["trainable"], total_parameters=counts["total"],
         trainable_ratio=counts["ratio"], quantize=config.quantize,
         lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
         lora_layers=len(lora.lora_state(model).layers))
-    run.write_json("metrics.json", metrics)
-    run.write_text("report.md", report(config, metrics, prompts, before, after))
+    run.write_json(METRICS, metrics)
+    run.write_text(REPORT, report(config, metrics, prompts, before, after))
 
 
 def report(config, metrics, prompts, before, after):

@@ -29,13 +29,18 @@ from kerastune_lab.config import setting
 from kerastune_lab.data import chat
 from kerastune_lab.evaluate import REPORT_PROMPTS, chat_metrics, chat_report, perplexity
 from kerastune_lab.finetune.causal_lm import compile_causal_lm, fit_packed
-from kerastune_lab.generate import CHAT_FILE, ChatGenerator, chat_settings, make_sampler
+from kerastune_lab.generate import ChatGenerator, chat_settings, make_sampler
 from kerastune_lab.models import check_sequence_length, from_preset, resolve_preset
 from kerastune_lab.resume import Backup
+from kerastune_lab.runs import CHAT, METRICS, REPORT
 from kerastune_lab.shipped import data_file  # the chat pairs that ship with the package
 from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
+
+# The kind of run this recipe makes, recorded in its run folder when it is
+# created (`RunDir.kind`): what `kerastune predict`, `chat` and `export` read.
+KIND = "causal_lm"
 
 
 
@@ -127,10 +132,10 @@ def main(config, run):
     # Saving: the model as a KerasHub preset, the template for `kerastune chat`,
     # metrics and the report.
     run.save_model(model)
-    run.write_json(CHAT_FILE, dict(chat_settings(template), sequence_length=config.sequence_length))
+    run.write_json(CHAT, dict(chat_settings(template), sequence_length=config.sequence_length))
     metrics = chat_metrics(perplexity_before, perplexity_after, train, heldout)
-    run.write_json("metrics.json", metrics)
-    run.write_text("report.md", report(config, metrics, prompts, before, after))
+    run.write_json(METRICS, metrics)
+    run.write_text(REPORT, report(config, metrics, prompts, before, after))
 
 
 def report(config, metrics, prompts, before, after):

@@ -48,9 +48,14 @@ from kerastune_lab.finetune import class_weights, two_phase
 from kerastune_lab.models import load_image_classifier, resolve_preset
 from kerastune_lab.predict import predict_dataset
 from kerastune_lab.resume import Backup
+from kerastune_lab.runs import CONFIG, LABELS, METRICS
 from kerastune_lab.training import HistoryWriter
 
 log = logging.getLogger("kerastune_lab")
+
+# The kind of run this recipe makes, recorded in its run folder when it is
+# created (`RunDir.kind`): what `kerastune predict`, `chat` and `export` read.
+KIND = "image_classifier"
 
 
 @dataclasses.dataclass
@@ -119,7 +124,7 @@ def main(config, run):
         val_split=config.val_split, oversample=config.oversample, seed=config.seed,
         augment=augmentation if where == "pipeline" else ())
     log.info("data: images per class %s; training on %d", data.counts, data.num_train)
-    run.write_json("labels.json", data.class_names)
+    run.write_json(LABELS, data.class_names)
     if config.positive_class not in data.class_names:
         raise KerastuneError(f"positive_class={config.positive_class!r}: expected one of "
                              f"{', '.join(data.class_names)}")
@@ -128,7 +133,7 @@ def main(config, run):
     weights = class_weights.class_weights(data.train_labels, config.class_weight,
                                           data.class_names)
     log.info("class weights: %s", class_weights.by_name(weights, data.class_names))
-    run.update_json("config.json", validation=data.validation, counts=data.counts,
+    run.update_json(CONFIG, validation=data.validation, counts=data.counts,
                     class_weights=class_weights.by_name(weights, data.class_names),
                     oversampled_train=data.num_train if config.oversample else None)
 
@@ -187,7 +192,7 @@ def main(config, run):
 
     # Saving: the model as a KerasHub preset, then the metrics and the report.
     run.save_model(model)
-    run.write_json("metrics.json", metrics)
+    run.write_json(METRICS, metrics)
     write_report(run, metrics, "Chest X-ray pneumonia", notes=[
         f"preset {config.preset}, data {config.data}",
         f"evaluated on the test split, {config.data}/test",

@@ -58,6 +58,7 @@ import keras
 
 from kerastune_lab.data import torch_affine
 from kerastune_lab.errors import KerastuneError
+from kerastune_lab.runs import CONFIG
 
 log = logging.getLogger("kerastune_lab")
 
@@ -205,14 +206,14 @@ def placement(requested, run):
     Returns:
         "model" or "pipeline".
     """
-    recorded = run.read_json("config.json").get("augment_on") if run.resumed else None
+    recorded = run.read_json(CONFIG).get("augment_on") if run.resumed else None
     if recorded in WHERE[1:]:
         where, why = recorded, "the placement the run started with"
     else:
         where, why = choose_where(requested)
     log.info("augmentation: in the %s (%s)",
              "training model" if where == "model" else "input pipeline", why)
-    run.update_json("config.json", augment_on=where)
+    run.update_json(CONFIG, augment_on=where)
     return where
 
 

@@ -10,6 +10,18 @@ import logging
 import os
 
 from kerastune_lab.evaluate import plots
+from kerastune_lab.runs import (
+    CLASSIFICATION_REPORT,
+    CLASSIFICATION_REPORT_TEXT,
+    CONFUSION_MATRIX,
+    CONFUSION_MATRIX_PLOT,
+    HISTORY,
+    PR_PLOT,
+    REPORT,
+    ROC_PLOT,
+    THRESHOLD,
+    TRAINING_CURVES,
+)
 
 
 def _class_index(positive_class, class_names):
@@ -200,14 +212,14 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
     # Per-class report and confusion matrix: always.
     kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0)
     report = skm.classification_report(y_true, y_pred, output_dict=True, **kwargs)
-    run.write_json("classification_report.json", report)
-    run.write_text("classification_report.txt",
+    run.write_json(CLASSIFICATION_REPORT, report)
+    run.write_text(CLASSIFICATION_REPORT_TEXT,
                    skm.classification_report(y_true, y_pred, digits=4, **kwargs))
     matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
-    run.write_json("confusion_matrix.json", {
+    run.write_json(CONFUSION_MATRIX, {
         "labels": list(class_names), "rows": "true class", "columns": "predicted class",
         "matrix": matrix.tolist()})
-    plots.plot_confusion_matrix(matrix, class_names, run.file("confusion_matrix.png"))
+    plots.plot_confusion_matrix(matrix, class_names, run.confusion_matrix_plot_path)
 
     summary = {
         "evaluated_on": prefix,
@@ -227,7 +239,7 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
                   f"({class_names[present[0]]}): no ROC or precision-recall curve")
         log.warning("%s", reason)
         summary[f"{prefix}_curves_skipped"] = reason
-        for name in ("roc.png", "pr.png", "threshold.json"):  # none from an earlier call
+        for name in (ROC_PLOT, PR_PLOT, THRESHOLD):  # none from an earlier call
             if os.path.exists(run.file(name)):
                 os.remove(run.file(name))
         return summary
@@ -255,7 +267,7 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
                  chosen["chosen_on"]: {k: chosen[k] for k in measured},
                  "measured_on": prefix, **{k: measured[k] for k in measured if k != "threshold"},
                  "rule": f"predict {class_names[positive]} when its probability >= threshold"}
-        run.write_json("threshold.json", point)
+        run.write_json(THRESHOLD, point)
         for key in ("target_recall", "threshold", "recall", "precision", "chosen_on"):
             summary[f"{prefix}_threshold" + ("" if key == "threshold" else f"_{key}")] = point[key]
         log.info("threshold %s, chosen on the %s split for recall %s of %s, gives recall %.3f "
@@ -267,7 +279,7 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
     for c in classes:
         scores[c] = (float(skm.roc_auc_score(y_true == c, probs[:, c])),
                      float(skm.average_precision_score(y_true == c, probs[:, c])))
-    plots.plot_curves(run.file("roc.png"), run.file("pr.png"), y_true, probs, classes,
+    plots.plot_curves(run.roc_plot_path, run.pr_plot_path, y_true, probs, classes,
                       class_names, point)
     if k == 2:
         summary[f"{prefix}_roc_auc"], summary[f"{prefix}_average_precision"] = scores[positive]
@@ -313,10 +325,10 @@ def write_report(run, summary, title, notes=()):
     """
     from kerastune_lab.runs import read_csv
 
-    if os.path.exists(run.file("history.csv")):
+    if os.path.exists(run.history_path):
         # The runner plots again after `main`; plotting here keeps the link
         # good for a script that calls this itself.
-        plots.plot_history(read_csv(run.file("history.csv")), run.file("training_curves.png"))
+        plots.plot_history(read_csv(run.history_path), run.training_curves_path)
     exists = lambda name: os.path.exists(run.file(name))  # noqa: E731
     lines = [f"# {title}", ""]
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
@@ -327,20 +339,20 @@ def write_report(run, summary, title, notes=()):
         elif isinstance(value, (int, str)):
             lines.append(f"| {key} | {value} |")
     lines.append("")
-    if exists("classification_report.txt"):
-        with open(run.file("classification_report.txt"), encoding="utf-8") as f:
+    if exists(CLASSIFICATION_REPORT_TEXT):
+        with open(run.classification_report_text_path, encoding="utf-8") as f:
             lines += ["## Per class", "", "```", f.read().rstrip(), "```", ""]
-    if exists("confusion_matrix.png"):
+    if exists(CONFUSION_MATRIX_PLOT):
         lines += ["## Confusion matrix", "", "Rows: true class; columns: predicted class.", "",
-                  "![confusion matrix](confusion_matrix.png)", ""]
+                  f"![confusion matrix]({CONFUSION_MATRIX_PLOT})", ""]
     lines += ["## ROC and precision-recall curves", ""]
-    if exists("roc.png"):
-        lines += ["![ROC curve](roc.png) ![precision-recall curve](pr.png)", ""]
+    if exists(ROC_PLOT):
+        lines += [f"![ROC curve]({ROC_PLOT}) ![precision-recall curve]({PR_PLOT})", ""]
     else:
         skipped = [v for k, v in summary.items() if k.endswith("_curves_skipped")]
         lines += [f"Skipped: {skipped[0] if skipped else 'no curves were computed'}.", ""]
-    if exists("threshold.json"):
-        point = run.read_json("threshold.json")
+    if exists(THRESHOLD):
+        point = run.read_json(THRESHOLD)
         chosen_on, measured_on = point.get("chosen_on"), point.get("measured_on")
         where = (f"Chosen on the {chosen_on} split for a recall of at least "
                  f"{point['target_recall']:.2f} on {point['positive_class']}")
@@ -356,6 +368,6 @@ def write_report(run, summary, title, notes=()):
                   f"{point['recall']:.4f}, precision {point['precision']:.4f} "
                   f"({point['tp']} found, {point['fn']} missed, {point['fp']} false alarms, "
                   f"{point['tn']} correctly cleared).", ""]
-    if exists("history.csv") or exists("training_curves.png"):
-        lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
-    run.write_text("report.md", "\n".join(lines))
+    if exists(HISTORY) or exists(TRAINING_CURVES):
+        lines += ["## Training curves", "", f"![training curves]({TRAINING_CURVES})", ""]
+    run.write_text(REPORT, "\n".join(lines))

@@ -19,41 +19,33 @@ import shutil
 
 from kerastune_lab import run_files
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.generate import ADAPTER_FILE, CHAT_FILE
-from kerastune_lab.runs import atomic_path, normal_path
+from kerastune_lab.runs import ADAPTER, CHAT, LABELS, MODEL_DIR, atomic_path, normal_path
 
 FORMATS = ("hf", "peft", "keras", "serving")
 _FITS = {"causal_lm": ("hf",), "lora": ("hf", "peft"),
          "classifier": ("keras", "serving")}
 _KINDS = {"causal_lm": "a chat run (a causal LM)", "lora": "a LoRA run",
           "classifier": "a classification run"}
+# A run's kind (`RunDir.kind`): (its kind here, the KerasHub task class it loads as).
+_EXPORTED_AS = {"causal_lm": ("causal_lm", "CausalLM"), "lora": ("lora", "CausalLM"),
+                "image_classifier": ("classifier", "ImageClassifier"),
+                "text_classifier": ("classifier", "TextClassifier")}
 
 
 def run_kind(run):
-    """("lora" | "causal_lm" | "classifier", task class) of a finished run."""
-    import json
-
+    """("lora" | "causal_lm" | "classifier", task class) of a finished run,
+    from the kind it recorded (`RunDir.kind`)."""
     import keras_hub
 
-    if not os.path.isdir(run.file("model")):
-        if os.path.isfile(run.file(ADAPTER_FILE)):
-            return "lora", keras_hub.models.CausalLM
-        raise KerastuneError(f"run dir {run.path!r} has no model/ or {ADAPTER_FILE}: "
+    if not os.path.isdir(run.model_path) and not os.path.isfile(run.adapter_path):
+        raise KerastuneError(f"run dir {run.path!r} has no {MODEL_DIR}/ or {ADAPTER}: "
                              "expected a finished run")
-    try:
-        with open(os.path.join(run.file("model"), "task.json"), encoding="utf-8") as f:
-            class_name = json.load(f)["class_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise KerastuneError(f"run dir {run.path!r}: model/ has no readable task.json: "
-                             "expected a model saved by the run (save_to_preset)") from None
-    task_cls = getattr(keras_hub.models, class_name, None)
-    for kind, base in (("causal_lm", keras_hub.models.CausalLM),
-                       ("classifier", keras_hub.models.ImageClassifier),
-                       ("classifier", keras_hub.models.TextClassifier)):
-        if isinstance(task_cls, type) and issubclass(task_cls, base):
-            return kind, base
-    raise KerastuneError(f"run dir {run.path!r} holds a {class_name}: expected a causal LM, "
-                         "a LoRA adapter or a classifier")
+    if run.kind not in _EXPORTED_AS:
+        raise KerastuneError(f"run dir {run.path!r}: neither a recorded kind nor its files "
+                             "say what it holds: expected a run of a causal LM, a LoRA "
+                             "adapter or a classifier")
+    kind, task = _EXPORTED_AS[run.kind]
+    return kind, getattr(keras_hub.models, task)
 
 
 def export_run(run_dir, fmt, output, with_base=False, preset=None):
@@ -96,12 +88,12 @@ def export_run(run_dir, fmt, output, with_base=False, preset=None):
 def _write(run, kind, task_cls, fmt, folder, with_base, preset, output):
     from kerastune_lab.export import hf, peft, serving
 
-    adapter = run.file(ADAPTER_FILE)
+    adapter = run.adapter_path
     if fmt == "peft":
         peft.save_peft(adapter, folder, with_base=with_base, preset=preset,
                        final_path=output)
-        if os.path.isfile(run.file(CHAT_FILE)):  # for `kerastune chat --adapter DIR`
-            shutil.copy(run.file(CHAT_FILE), os.path.join(folder, CHAT_FILE))
+        if os.path.isfile(run.chat_path):  # for `kerastune chat --adapter DIR`
+            shutil.copy(run.chat_path, os.path.join(folder, CHAT))
         return
     if kind == "lora":
         from kerastune_lab.finetune.lora import merged_model
@@ -119,14 +111,14 @@ def _write(run, kind, task_cls, fmt, folder, with_base, preset, output):
         model = load_run_model(run, task_cls, compile=False)
     if fmt == "hf":
         hf.save_transformers(model, folder)
-        if os.path.isfile(run.file(CHAT_FILE)):  # the chat template the run trained with
+        if os.path.isfile(run.chat_path):  # the chat template the run trained with
             from kerastune_lab.generate import chat_template_of
 
             settings = run_files.chat_settings(run.path)
             hf.save_chat_template(chat_template_of(model, settings), folder)
         return
-    if os.path.isfile(run.file("labels.json")):
-        shutil.copy(run.file("labels.json"), os.path.join(folder, "labels.json"))
+    if os.path.isfile(run.labels_path):
+        shutil.copy(run.labels_path, os.path.join(folder, LABELS))
     if fmt == "keras":
         serving.save_keras(model, folder)
     else:

@@ -3,7 +3,7 @@ Kaggle handle and page."""
 
 KAGGLE_SCHEME = "kaggle://"
 HF_SCHEME = "hf://"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "config.json"  # a preset's config (a run's own is `runs.CONFIG`)
 
 
 def kaggle_handle(preset):
