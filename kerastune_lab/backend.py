@@ -309,11 +309,22 @@ def auto_precision(devices):
     return "float32", why + ": no fast 16-bit arithmetic"
 
 
-def choose_precision(requested, devices):
-    """(policy, reason): `requested` unless it is "auto", then `auto_precision`."""
+# Quantized bases Keras refuses to compute in float16 ("Quantization
+# mode='int8' doesn't work well with compute_dtype='float16'").
+NO_FLOAT16_COMPUTE = ("int8", "int8_dynamic")
+
+
+def choose_precision(requested, devices, quantize="none"):
+    """(policy, reason): `requested` unless it is "auto", then `auto_precision`;
+    where that is float16 and the base is quantized to int8 (`quantize`),
+    float32, as Keras refuses float16 compute over int8 weights (a T4's
+    LoRA run over an int8 base)."""
     if requested not in PRECISIONS:
         raise KerastuneError(f"precision={requested!r}: expected one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested, "set in the config"
     policy, why = auto_precision(devices)
+    if policy == "mixed_float16" and quantize in NO_FLOAT16_COMPUTE:
+        return "float32", (f"auto: {why}, whose float16 Keras refuses over an {quantize} "
+                           "base")
     return policy, f"auto: {why}"

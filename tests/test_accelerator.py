@@ -155,3 +155,27 @@ def test_info_names_the_accelerator(cli, monkeypatch):
     lines = dict(line.split(": ", 1) for line in result.stdout.strip().splitlines())
     assert lines["accelerator"] == "gpu: 2 x Tesla T4, 14.7 GiB each, compute capability 7.5"
     assert lines["precision"] == "mixed_float16 (auto: compute capability 7.5)"
+
+
+def test_auto_over_an_int8_base_on_a_t4_is_float32_which_keras_quantizes():
+    # Keras refuses int8 under a float16 compute dtype: "auto" on a T4 (float16)
+    # falls back to float32 there, and a bfloat16 GPU or an int4 base keeps its pick.
+    import keras
+
+    t4 = backend.torch_devices([torch_properties("Tesla T4", GiB, 7, 5)])
+    a100 = backend.torch_devices([torch_properties("NVIDIA A100-SXM4-40GB", GiB, 8, 0)])
+    policy, why = backend.choose_precision("auto", t4, quantize="int8")
+    assert policy == "float32" and "refuses over an int8 base" in why
+    assert backend.choose_precision("auto", t4, quantize="int8_dynamic")[0] == "float32"
+    assert backend.choose_precision("auto", t4, quantize="int4")[0] == "mixed_float16"
+    assert backend.choose_precision("auto", t4)[0] == "mixed_float16"
+    assert backend.choose_precision("auto", a100, quantize="int8")[0] == "mixed_bfloat16"
+    assert backend.choose_precision("mixed_float16", t4, quantize="int8")[0] == "mixed_float16"
+    for quantize in backend.NO_FLOAT16_COMPUTE:  # the rule is Keras' own refusal
+        layer = keras.layers.Dense(2, dtype="mixed_float16")
+        layer.build((None, 4))
+        with pytest.raises(ValueError, match="doesn't work well with compute_dtype='float16'"):
+            layer.quantize("int8")
+    layer = keras.layers.Dense(2, dtype=policy)
+    layer.build((None, 4))
+    layer.quantize("int8")  # the policy chosen is one Keras quantizes

@@ -230,3 +230,23 @@ def test_chat_needs_a_run_or_an_adapter(cli, lora_run):
     assert_one_line_error(cli("chat"), "RUN_DIR or --adapter")
     assert_one_line_error(cli("chat", lora_run, "--adapter", lora_run / "adapter.lora.h5"),
                           "not both")
+
+
+@pytest.mark.backend_independent
+def test_auto_precision_on_a_t4_trains_the_int8_base_in_float32(cli, tmp_path, monkeypatch):
+    # On a T4 "auto" is float16, which Keras refuses over an int8 base
+    # ("doesn't work well with compute_dtype='float16'"): the run falls back to
+    # float32, says why, and trains. (The accelerator is a T4 by monkeypatch;
+    # the run is the real one, on this CPU.)
+    from kerastune_lab import backend
+
+    t4 = backend.Device("gpu", "Tesla T4", 15 * 2**30, (7, 5))
+    monkeypatch.setattr(backend, "accelerators", lambda: [t4])
+    out = tmp_path / "t4"
+    result = cli("run", RECIPE, "--smoke", "--output-dir", out, "epochs=1", "precision=auto")
+    assert result.code == 0, result
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert (config["config"]["quantize"], config["precision"]) == ("int8", "float32")
+    with open(out / "log.txt") as f:
+        assert "whose float16 Keras refuses over an int8 base" in f.read()
