@@ -610,6 +610,7 @@ def hf_rows(tmp_path_factory):
     return found
 
 
+@pytest.mark.backend_independent  # refused before anything trains: the same on every backend
 @pytest.mark.parametrize("case, hub, args, code, fragments", HF_CASES,
                          ids=[c[0] for c in HF_CASES])
 def test_bad_hf_data(hf_rows, case, hub, args, code, fragments):

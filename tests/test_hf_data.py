@@ -74,6 +74,7 @@ def hub():
 READ = """
 import json, sys
 from kerastune_lab.data import chat, text
+
 kind, data, *rest = sys.argv[1:]
 if kind == "text":
     read = text.read_labelled_texts(data, *rest)
@@ -95,6 +96,7 @@ def _read(server, home, *args, offline=False):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.backend_independent  # the hf: reader, the same on every backend
 def test_text_from_the_hub_then_from_the_cache_offline(hub, tmp_path):
     hub.clear()
     read = _read(hub, tmp_path, "text", f"hf:{REVIEWS}")
@@ -118,6 +120,7 @@ def test_text_from_the_hub_then_from_the_cache_offline(hub, tmp_path):
     assert again == read
 
 
+@pytest.mark.backend_independent  # the hf: reader, the same on every backend
 def test_chat_messages_and_prompt_response_columns(hub, tmp_path):
     hub.clear()
     pairs = _chat_pairs()
@@ -148,6 +151,7 @@ BAD = [
 ]
 
 
+@pytest.mark.backend_independent  # the hf: reader, the same on every backend
 @pytest.mark.parametrize("case, args, fragments", BAD, ids=[b[0] for b in BAD])
 def test_bad_hf_data_is_one_line(hub, tmp_path, case, args, fragments):
     result = hubs.run_guarded(hub.port, "-c", READ, *args,

