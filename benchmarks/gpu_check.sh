@@ -2,8 +2,10 @@
 # One command for a fresh GPU machine (torch, jax, transformers there; no keras,
 # no keras-hub, no network): installs Keras and KerasHub from wheels brought
 # with the tree, runs every row of benchmarks/table.py (jax and torch) and
-# benchmarks/load_memory.py (Llama-2-7B shape, int8 and int4), and writes one
-# markdown table.
+# benchmarks/load_memory.py (Llama-2-7B shape, int8 and int4), then the memory
+# plan on the GPU's own compiler (benchmarks/plan_7b.py: the 7B LoRA step of
+# issue 26, and benchmarks/plan_accuracy.py --device: the plan against
+# memory_stats()'s peak), and writes one markdown report.
 #
 #   benchmarks/gpu_check.sh prepare     # here, with a package registry: wheels into benchmarks/wheels/
 #   benchmarks/gpu_check.sh             # there: install, run, write $OUT/gpu_check.md (or benchmarks/)
@@ -13,8 +15,9 @@
 # the device run carries it: carry=["benchmarks/wheels"]. TensorFlow is not
 # carried (its wheel is larger than what a run may bring): the table's rows run
 # on jax and torch, and the tensorflow cells are left out. Budget: table cells
-# at most CELL_S seconds each and the 7B load rows in the background at the
-# same time (on the host's CPUs, JAX on CPU), 8 minutes together.
+# at most CELL_S seconds each (330 s in all) and the 7B load rows in the
+# background at the same time (on the host's CPUs, JAX on CPU), then the plan
+# rows (240 s): under 10 minutes together, one device call.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHEELS="$ROOT/benchmarks/wheels"
@@ -46,6 +49,8 @@ if [[ "$MODE" == "--dry-run" ]]; then
   echo "dry run: no install; tiny shapes on this machine's CPU"
   TABLE_ARGS=(--tiny --backends jax torch)
   LOAD_ARGS=(--shape tinyllama --layers 2 --ways int8 int4)
+  PLAN_ARGS=(--tiny)
+  ACCURACY_ARGS=(--shapes gpt2_small --batches 1)
 else
   ls "$WHEELS"/*.whl > /dev/null || { echo "no wheels in $WHEELS: run 'prepare' first"; exit 2; }
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -53,6 +58,8 @@ else
   export PYTHONPATH="/tmp/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   TABLE_ARGS=(--backends jax torch --timeout "$CELL_S" --baselines "$WHEELS/baselines")
   LOAD_ARGS=(--shape 7b --ways int8 int4 --timeout 200)
+  PLAN_ARGS=()
+  ACCURACY_ARGS=(--device --shapes gpt2_small llama_1b --batches 1 4)
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 
@@ -61,9 +68,15 @@ JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES="" \
   timeout 470 "$PY" benchmarks/load_memory.py "${LOAD_ARGS[@]}" --cache /tmp/kt-bench-cache \
   > /tmp/gpu_check_load.txt 2>&1 &
 LOAD_PID=$!
-timeout 450 "$PY" benchmarks/table.py "${TABLE_ARGS[@]}" > /tmp/gpu_check_table.txt 2>&1 \
+timeout 330 "$PY" benchmarks/table.py "${TABLE_ARGS[@]}" > /tmp/gpu_check_table.txt 2>&1 \
   || echo "table.py stopped: exit $?" >> /tmp/gpu_check_table.txt
 wait "$LOAD_PID" || echo "load_memory.py stopped: exit $?" >> /tmp/gpu_check_load.txt
+# The memory plan, compiled by the GPU's XLA (the device jax has).
+KERAS_BACKEND=jax timeout 150 "$PY" benchmarks/plan_7b.py "${PLAN_ARGS[@]}" \
+  > /tmp/gpu_check_plan.txt 2>&1 || echo "plan_7b.py stopped: exit $?" >> /tmp/gpu_check_plan.txt
+KERAS_BACKEND=jax timeout 90 "$PY" benchmarks/plan_accuracy.py "${ACCURACY_ARGS[@]}" \
+  > /tmp/gpu_check_accuracy.txt 2>&1 \
+  || echo "plan_accuracy.py stopped: exit $?" >> /tmp/gpu_check_accuracy.txt
 
 {
   echo "# GPU check, $(date -u +%Y-%m-%d)"
@@ -87,5 +100,13 @@ EOF
   echo "## benchmarks/load_memory.py ${LOAD_ARGS[*]} (host memory, JAX on CPU)"
   echo
   grep -E '^\||^preset' /tmp/gpu_check_load.txt || tail -5 /tmp/gpu_check_load.txt
+  echo
+  echo "## benchmarks/plan_7b.py ${PLAN_ARGS[*]} (device memory per step, the device's compiler)"
+  echo
+  grep -E '^\||^device|^shape' /tmp/gpu_check_plan.txt || tail -5 /tmp/gpu_check_plan.txt
+  echo
+  echo "## benchmarks/plan_accuracy.py ${ACCURACY_ARGS[*]}"
+  echo
+  grep -E '^\|' /tmp/gpu_check_accuracy.txt || tail -5 /tmp/gpu_check_accuracy.txt
 } > "$REPORT"
 cat "$REPORT"

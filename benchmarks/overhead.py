@@ -2,10 +2,14 @@
 augmentation, and how fast training is end to end beside the model alone.
 
     python benchmarks/overhead.py --backend jax [--epochs 6] [--images 256] [--size 64]
-        [--augment-on auto|model|pipeline]
+        [--augment-on auto|model|pipeline] [--model tiny|resnet50]
 
-Trains the same tiny ResNet preset on the same generated image folder, in
-one process:
+Trains the same ResNet preset on the same generated image folder, in one
+process: the tiny test preset (a few thousand weights: the model is so fast
+that the input pipeline bounds it), or `--model resnet50`, a preset of the
+recipe's own `resnet_50_imagenet` shape (ResNet-50 v1, bottleneck blocks
+3/4/6/3) with random weights, built here (no download: the speed of a step
+does not depend on the weights' values):
 1. through `kerastune run cats_vs_dogs` (in-process `run_recipe`, phase 2
    only): the augmentation where the recipe puts it (`augment_on`, "auto":
    in the tf.data pipeline on a CPU, in the training model on a GPU/TPU;
@@ -32,6 +36,25 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def resnet50_preset(path, size):
+    """A preset folder of a ResNet-50 v1 image classifier (the shape of
+    KerasHub's `resnet_50_imagenet`: 7x7 stem, bottleneck blocks 3/4/6/3,
+    1000 classes) with random weights."""
+    import keras_hub
+    from keras_hub import models
+
+    backbone = models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[3, 4, 6, 3],
+        stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
+        use_pre_activation=False, image_shape=(None, None, 3))
+    converter = keras_hub.layers.ResNetImageConverter(image_size=(size, size), scale=1 / 255.0)
+    preprocessor = models.ResNetImageClassifierPreprocessor(image_converter=converter)
+    models.ResNetImageClassifier(backbone=backbone, num_classes=1000,
+                                 preprocessor=preprocessor).save_to_preset(path)
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default=None)
@@ -40,6 +63,7 @@ def main():
     parser.add_argument("--size", type=int, default=64, help="image side, pixels")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--augment-on", default="auto", choices=("auto", "model", "pipeline"))
+    parser.add_argument("--model", default="tiny", choices=("tiny", "resnet50"))
     args = parser.parse_args()
 
     from kerastune_lab import backend
@@ -58,7 +82,8 @@ def main():
     os.environ.setdefault("KERASTUNE_CACHE", os.path.join(work, "cache"))
     data_dir = testing.make_image_folder(os.path.join(work, "data"), ("cat", "dog"),
                                          per_class=args.images, size=args.size)
-    preset = testing.tiny_preset("resnet")
+    preset = (testing.tiny_preset("resnet") if args.model == "tiny"
+              else resnet50_preset(os.path.join(work, "resnet50"), args.size))
     common = dict(image_size=args.size, batch_size=args.batch_size, val_split=0.2, seed=1)
 
     # 1. Through the recipe runner (phase 2 only, so both sides train the same way).
@@ -120,7 +145,8 @@ def main():
     model_sps = steps / statistics.median(alone.times[1:])
     images_per_step = data.num_train / steps
 
-    print(f"backend {name}, keras {keras.__version__}, {data.num_train} train images "
+    print(f"model {args.model}; backend {name}, keras {keras.__version__}, "
+          f"{data.num_train} train images "
           f"{args.size}x{args.size}, batch {args.batch_size}, {args.epochs} epochs, "
           f"{os.cpu_count()} CPU cores")
     print(f"recipe runner: augmentation in the "
