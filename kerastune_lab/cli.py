@@ -33,6 +33,7 @@ import click
 
 from kerastune_lab import backend as backend_lib
 from kerastune_lab import run_files, text_checks
+from kerastune_lab.cli_common import BACKEND_OPTION, select_backend, setup_logging
 from kerastune_lab.errors import (
     DownloadFailed,
     Interrupted,
@@ -41,41 +42,6 @@ from kerastune_lab.errors import (
     resource_error_message,
 )
 from kerastune_lab.recipe_file import config_keys as _recipe_config_keys
-
-BACKEND_OPTION = click.option(
-    "--backend", "-b", default=None, metavar="{jax,tensorflow,torch}",
-    help="Keras backend. Defaults to $KERAS_BACKEND, then jax.")
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is now (tests swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _setup_logging():
-    logger = logging.getLogger("kerastune_lab")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("kerastune: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
-def _select(flag):
-    from kerastune_lab.console import filtered_stderr
-
-    name = backend_lib.use_backend(flag)
-    with filtered_stderr():  # TensorFlow's device probe logs "failed call to cuInit" in C++
-        backend_lib.hide_gpus_from_tensorflow()
-    return name
 
 
 def _version_line(ctx, param, value):
@@ -97,7 +63,7 @@ def _version_line(ctx, param, value):
               "keras-hub and the backends, and exit.")
 def cli():
     """Fine-tune pre-trained KerasHub models on JAX, TensorFlow or PyTorch."""
-    _setup_logging()
+    setup_logging()
 
 
 @cli.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
@@ -109,11 +75,14 @@ def cli():
               help="Run directory. Defaults to runs/<recipe>-<UTC time>. An unfinished "
                    "run there with the same config is resumed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--plan/--no-plan", "plan_first", default=True, show_default=True,
+              help="On a GPU or TPU (jax), a chat or LoRA recipe's memory plan first: "
+                   "refused before any download when a step does not fit.")
 @click.option("--help", "-h", "show_help", is_flag=True,
               help="Show this message; with RECIPE, its launch lines and config keys.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx, recipe, backend, smoke, output_dir, overwrite, show_help, overrides):
+def run(ctx, recipe, backend, smoke, output_dir, overwrite, plan_first, show_help, overrides):
     """Run RECIPE with KEY=VALUE config overrides.
 
     RECIPE is a shipped recipe's name (`kerastune recipes` lists them) or
@@ -143,11 +112,11 @@ def run(ctx, recipe, backend, smoke, output_dir, overwrite, show_help, overrides
     path, _ = shipped.resolve(recipe)
     recipe_file.precheck(path, overrides, smoke=smoke, output_dir=output_dir,
                          overwrite=overwrite)
-    _select(backend)
+    select_backend(backend)
     from kerastune_lab.recipe import run_recipe
 
     result = run_recipe(recipe, smoke=smoke, overrides=overrides,
-                        output_dir=output_dir, overwrite=overwrite)
+                        output_dir=output_dir, overwrite=overwrite, plan_first=plan_first)
     click.echo(result.path)
 
 
@@ -191,7 +160,7 @@ def predict(run_dir, images, texts, backend):
             "(kerastune predict RUN_DIR IMAGE ...)")
     text_checks.check_texts(texts)  # what Keras would fail on, before it loads
     run_files.check_run(run_dir)
-    _select(backend)
+    select_backend(backend)
     if texts:
         import json
 
@@ -241,7 +210,7 @@ def chat(run_dir, adapter, preset, sampler, temperature, top_k, top_p, num_beams
         raise click.UsageError("give RUN_DIR or --adapter FILE, not both" if adapter
                                else "give RUN_DIR or --adapter FILE")
     run_files.check_run(run_dir)  # its files, before Keras loads; None with --adapter
-    _select(backend)
+    select_backend(backend)
     from kerastune_lab.generate import load_chat_generator
 
     generator = load_chat_generator(run_dir, sampler=sampler, max_length=max_length,
@@ -280,7 +249,7 @@ def merge(run_dir, output, preset, backend):
     float base and write a preset folder that plain keras_hub loads."""
     import os
 
-    _select(backend)
+    select_backend(backend)
     from kerastune_lab.finetune.lora import save_merged_preset
     from kerastune_lab.runs import ADAPTER, RunDir, normal_path
 
@@ -315,7 +284,7 @@ def export(run_dir, fmt, output, with_base, preset, backend):
     """Write the model of RUN_DIR where other tools read it: a transformers
     folder, a peft adapter, a .keras file or a serving export."""
     run_files.check_run(run_dir)
-    _select(backend)
+    select_backend(backend)
     from kerastune_lab.export import export_run
 
     click.echo(export_run(run_dir, fmt, output, with_base=with_base, preset=preset))
@@ -343,7 +312,7 @@ def evaluate(run_dir, data, name, overwrite, positive_class, target_recall, batc
     RUN_DIR/eval-NAME/ and prints that folder.
     """
     run_files.check_run(run_dir)
-    _select(backend)
+    select_backend(backend)
     from kerastune_lab.predict import evaluate_image_folder
 
     out = evaluate_image_folder(run_dir, data, name=name, overwrite=overwrite,
@@ -361,7 +330,7 @@ def evaluate(run_dir, data, name, overwrite, positive_class, target_recall, batc
 def info(backend):
     """Print the backend, package versions, the devices Keras sees, the
     accelerator and the precision a run would choose for it."""
-    name = _select(backend)
+    name = select_backend(backend)
     import keras
     import keras_hub
 
@@ -391,7 +360,7 @@ TASKS = {
 @BACKEND_OPTION
 def presets(kind, backend):
     """List KerasHub preset names, for one KIND of task or all."""
-    _select(backend)
+    select_backend(backend)
     import keras_hub
 
     for task in [kind] if kind else TASKS:
@@ -401,7 +370,7 @@ def presets(kind, backend):
             click.echo(f"  {name}")
 
 
-cli.add_command(__import__("kerastune_lab.plan", fromlist=["plan"]).plan)  # kerastune plan
+cli.add_command(__import__("kerastune_lab.plan_cli", fromlist=["plan"]).plan)  # kerastune plan
 
 
 def _command(argv):

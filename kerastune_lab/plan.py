@@ -12,16 +12,13 @@
 Reads the recipe's config (with the overrides, typed and checked as `run`
 checks them), builds its model from the preset's config.json alone, compiles
 its train step on abstract weights (`finetune.step_memory`: XLA's count),
-and prints the figures, a table of accelerators, and the settings that
+and prints (the command: plan_cli.py) the figures, a table of accelerators, and the settings that
 would fit where it does not (compiled the same way). Hand-written: neither
 Keras nor KerasHub plans memory.
 """
 
-import argparse
 import dataclasses
 import os
-
-import click
 
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.finetune.step_memory import GIB, gib, plan_step, scaled_step
@@ -324,37 +321,6 @@ def plan_before_run(module, config, accelerator=None, precision=None):
         "plan: %.1f GiB a step on the device, %s gives %.1f GiB", gib(plan.step.device_bytes),
         accelerator.name, accelerator.usable_bytes() / 2 ** 30)
     return plan
-
-
-@click.command("plan", context_settings={"ignore_unknown_options": True})
-@click.argument("recipe")
-@click.option("--backend", "-b", default=None, metavar="{jax,tensorflow,torch}",
-              help="The run's backend (the plan compiles with jax and says so).")
-@click.option("--smoke", is_flag=True, help="The recipe's --smoke settings.")
-@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-def plan(recipe, backend, smoke, overrides):
-    """Plan RECIPE's memory with KEY=VALUE overrides: its train step compiled
-    on abstract weights from the preset's config.json (the only file of it
-    downloaded)."""
-    from kerastune_lab import backend as backend_lib
-    from kerastune_lab import recipe_file, shipped
-
-    for item in overrides:
-        if item.startswith("-"):
-            raise click.UsageError(f"unknown option {item!r}")
-    run_backend = backend_lib.resolve_backend(backend)
-    path, _ = shipped.resolve(recipe)
-    source = recipe_file.read(path)
-    recipe_file.check_overrides(source, overrides, smoke)
-    if not is_plannable(argparse.Namespace(**source.fields)):  # before jax loads
-        raise KerastuneError(f"recipe {source.name!r}: the plan covers causal LM recipes "
-                             "(preset, sequence_length, batch_size)")
-    backend_lib.use_backend("jax")
-    from kerastune_lab.recipe import load_recipe, resolve_config
-
-    module = load_recipe(recipe)
-    config = resolve_config(module, smoke, overrides)
-    click.echo(report_text(module, config, run_backend))
 
 
 def report_text(module, config, backend="jax"):

@@ -90,7 +90,8 @@ def resume_command(path, backend, smoke, overrides, output_dir):
     return shlex.join(words)
 
 
-def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False):
+def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False,
+               plan_first=True):
     """Runs a recipe end to end and returns its RunDir.
 
     `path` is a recipe file or the name of a shipped recipe
@@ -98,7 +99,10 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
 
     The backend must already be chosen (`kerastune_lab.backend.use_backend`).
     An unfinished run in `output_dir` of the same recipe, backend and config
-    is resumed from its backup.
+    is resumed from its backup. With `plan_first`, a causal LM recipe on a
+    GPU or TPU (jax) is planned before anything is written or downloaded
+    but the preset's config.json (`plan.plan_before_run`), and refused when
+    its train step does not fit the device.
     """
     named = path
     path, _ = shipped.resolve(path)
@@ -111,6 +115,8 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
 
     from kerastune_lab import resume
 
+    if plan_first:
+        _plan_first(module, cfg)
     identity = {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),
                 "config": config_lib.to_dict(cfg),
                 "defaults": config_lib.to_dict(defaults)}
@@ -166,6 +172,23 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
         handler.close()
         run.release()  # the run folder's lock (runs.RunLock), held since RunDir.create
     return run
+
+
+def _plan_first(module, cfg):
+    """`plan.plan_before_run` in the precision the run will choose (where
+    the recipe has a `precision` key): raises the one-line refusal (exit 2)
+    when a causal LM's step does not fit this GPU or TPU; nothing elsewhere."""
+    from kerastune_lab import plan
+
+    if not plan.is_plannable(cfg) or plan.detected_accelerator() is None:
+        return
+    precision = None
+    if hasattr(cfg, "precision"):
+        from kerastune_lab import backend
+
+        precision, _ = backend.choose_precision(cfg.precision, backend.accelerators(),
+                                                getattr(cfg, "quantize", "none"))
+    plan.plan_before_run(module, cfg, precision=precision)
 
 
 def _log_to_file(handler, exc, config_keys=()):

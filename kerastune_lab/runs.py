@@ -195,6 +195,19 @@ class RunDir:
         # What the runner chose for the run (precision, jit_compile, TensorBoard
         # folder): `training.run_settings` under `kerastune run`, set before main.
         self.settings = RunSettings()
+        self._resume_state = None
+
+    @property
+    def resume_state(self):
+        """What the run resumes from (`resume.state.ResumeState`: the backup's
+        phase, epoch and step, and history.csv's rows), read once, at the
+        first ask; `resume.Backup`, `training.HistoryWriter`,
+        `training.fit_resumable` and `two_phase.Phases` all read this one."""
+        if self._resume_state is None:
+            from kerastune_lab.resume.state import ResumeState
+
+            self._resume_state = ResumeState.read(self.file(BACKUP_DIR), self.history_path)
+        return self._resume_state
 
     def __repr__(self):
         return f"RunDir({self.path!r})"

@@ -34,7 +34,6 @@ an epoch done again, replaces the old one).
 
 import contextlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -72,14 +71,9 @@ class HistoryWriter(keras.callbacks.Callback):
         super().__init__()
         self.run = run
         self.phase = phase
-        self.rows = []
+        # A resumed run's rows so far, from its resume state (read once).
+        self.rows = [dict(row) for row in run.resume_state.history]
         self._start = None
-        if os.path.exists(run.file(HISTORY)):  # a resumed run
-            from kerastune_lab.runs import read_csv
-
-            self.rows = read_csv(run.file(HISTORY))
-            for row in self.rows:
-                row["epoch"] = int(row["epoch"])
 
     def last(self, phase):
         """The last row of `phase` (a dict), or None."""

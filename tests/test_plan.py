@@ -153,6 +153,35 @@ def test_run_plans_first_and_refuses_in_one_line():
     assert plan.step.batch_size == 1 and plan.step.sequence_length == 16
 
 
+def test_kerastune_run_plans_before_anything_is_written(cli, tmp_path, monkeypatch):
+    # On a (monkeypatched) GPU too small for the step, `kerastune run` of a
+    # chat recipe is refused in one line, exit 2, before the run folder is
+    # made; --no-plan runs it; on a GPU it fits, the run logs the plan and trains.
+    tiny = report.Accelerator("a tiny GPU", 1e-7, kind="detected")
+    monkeypatch.setattr(report, "detected_accelerator", lambda: tiny)
+    asked = []
+    original = report.plan_before_run
+    monkeypatch.setattr(report, "plan_before_run",
+                        lambda *a, **k: asked.append(k.get("precision")) or original(*a, **k))
+    out = tmp_path / "run"
+    result = cli("run", "lora_chat", "--smoke", "--output-dir", out, "epochs=1")
+    assert result.code == 2
+    assert_one_line_error(result, "the plan needs", "a tiny GPU gives JAX 0.0 GiB",
+                          "--no-plan to run anyway")
+    assert not out.exists() and asked == ["float32"]  # the smoke settings' precision
+    assert cli("run", "lora_chat", "--smoke", "--output-dir", out, "epochs=1",
+               "--no-plan").code == 0
+    assert len(asked) == 1  # not planned
+    big = report.Accelerator("a big GPU", 64.0, kind="detected")
+    monkeypatch.setattr(report, "detected_accelerator", lambda: big)
+    again = tmp_path / "again"
+    result = cli("run", "lora_chat", "--smoke", "--output-dir", again, "epochs=1")
+    assert result.code == 0, result
+    assert re.search(r"plan: \d+\.\d GiB a step on the device, a big GPU gives 64\.0 GiB",
+                     result.stderr), result.stderr
+    assert len(asked) == 2
+
+
 def test_gpus_leave_jax_a_fraction(monkeypatch):
     t4 = report.ACCELERATORS[0]
     assert t4.usable_bytes() == int(15 * 0.75 * 2 ** 30)

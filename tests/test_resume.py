@@ -255,3 +255,38 @@ def test_backup_keeps_keras_async_batch_callbacks(tmp_path):
     callbacks = CallbackList([Backup(tmp_path, save_every_steps=2)], model=_model())
     assert callbacks._async_train == IS_THREAD_SAFE
     assert IS_THREAD_SAFE or keras.backend.backend() == "tensorflow"
+
+
+@pytest.mark.backend_independent
+def test_the_resume_state_is_read_once_and_shared(tmp_path, monkeypatch):
+    # A run resumed in phase "finetune": the backup, the history writer and
+    # the phases all answer from the run's one ResumeState, read once.
+    from kerastune_lab.finetune.two_phase import Phases
+    from kerastune_lab.resume import ResumeState
+    from kerastune_lab.training import HistoryWriter
+
+    first = RunDir.create(tmp_path / "r", resume=IDENTITY)
+    first.write_json("config.json", IDENTITY)  # as the runner writes it
+    model = _model()
+    backup = Backup(first)
+    backup.phase = "finetune"
+    backup.set_model(model)
+    backup.set_params({"epochs": 3, "steps": 4})
+    backup._save(2, 0)  # the end of epoch 2, in phase 2
+    first.write_csv("history.csv", [{"epoch": 1, "phase": "head", "loss": 1.0},
+                                    {"epoch": 2, "phase": "finetune", "loss": 0.5}])
+    first.release()
+    reads, read = [], ResumeState.read
+    monkeypatch.setattr(ResumeState, "read",
+                        classmethod(lambda cls, *a: reads.append(a) or read(*a)))
+    run = RunDir.create(tmp_path / "r", resume=IDENTITY)
+    assert run.resumed
+    backup, history = Backup(run), HistoryWriter(run)
+    phases = Phases(model, None, None, {"head": 1, "finetune": 2}, backup=backup)
+    assert len(reads) == 1 and backup.resume is run.resume_state
+    assert (run.resume_state.phase, run.resume_state.epoch, run.resume_state.step) == \
+        ("finetune", 2, 0)
+    assert [(r["epoch"], r["phase"]) for r in history.rows] == [(1, "head"), (2, "finetune")]
+    assert not phases.to_train("head") and phases.to_train("finetune")
+    assert backup.start("finetune", 1) == (2, 0) and backup.start("head") == (0, 0)
+    run.release()

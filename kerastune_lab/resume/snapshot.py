@@ -54,6 +54,7 @@ import random
 import keras
 import numpy as np
 
+from kerastune_lab.atomic import atomic_path, write_json
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.resume.copies import (  # noqa: F401  (part of this module's API)
     _FILES,
@@ -75,7 +76,6 @@ from kerastune_lab.resume.copies import (  # noqa: F401  (part of this module's 
     choose,
     read_state,
 )
-from kerastune_lab.runs import atomic_path, write_json
 
 STATE_FILE = "state.json"  # a readable copy of the newest state, written last
 WEIGHTS = ("all", "trainable")

@@ -57,7 +57,7 @@ class ResumeState:
         rows of `history_csv` where it exists."""
         rows = ()
         if history_csv is not None and os.path.exists(history_csv):
-            from kerastune_lab.runs import read_csv
+            from kerastune_lab.atomic import read_csv
 
             rows = tuple(dict(row, epoch=int(row["epoch"])) for row in read_csv(history_csv))
         return cls(snapshot.choose(backup_dir), rows)
