@@ -235,3 +235,42 @@ def test_at_threshold_and_decide_by_hand():
     three = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
     assert decide(three, ["a", "b", "c"], {"positive_class": "b", "threshold": 0.25}).tolist() \
         == [1, 2]
+
+
+# Found by mutmut (tests/README.md, "Mutation testing"): the cases below were
+# untested, and a changed comparison or count in them passed every test.
+def test_the_highest_threshold_is_a_candidate_and_every_count_is_right():
+    point = decision_threshold(np.array([True, False, False]), np.array([0.9, 0.5, 0.1]), 0.5)
+    assert (point["threshold"], point["recall"], point["precision"]) == (0.9, 1.0, 1.0)
+    assert (point["tp"], point["fp"], point["fn"], point["tn"]) == (1, 0, 0, 2)
+
+
+def test_at_threshold_counts_and_its_zero_cases():
+    point = at_threshold(np.array([True, True, False, False]), np.array([0.9, 0.2, 0.8, 0.1]),
+                         0.5)  # tp == fn == fp == tn: a swapped pair shows
+    assert point == {"threshold": 0.5, "recall": 0.5, "precision": 0.5,
+                     "tp": 1, "fp": 1, "fn": 1, "tn": 1}
+    no_positives = at_threshold(np.array([False, False]), np.array([0.9, 0.1]), 0.5)
+    assert (no_positives["recall"], no_positives["precision"]) == (0.0, 0.0)
+    nothing_predicted = at_threshold(np.array([True, False]), np.array([0.2, 0.1]), 0.5)
+    assert (nothing_predicted["recall"], nothing_predicted["precision"]) == (0.0, 0.0)
+    assert nothing_predicted["fn"] == 1 and nothing_predicted["tn"] == 1
+
+
+def test_an_index_past_the_classes_is_refused_as_a_name_would_be():
+    with pytest.raises(KerastuneError, match=r"positive_class=2: expected one of a, b$"):
+        choose_threshold([0, 1], np.eye(2), ["a", "b"], 2, 0.9)
+    assert choose_threshold([0, 1, 1], np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6]]),
+                            ["a", "b"], 1, 0.9)["positive_class"] == "b"
+
+
+def test_no_threshold_where_the_split_cannot_choose_one(caplog):
+    probs = np.array([[0.8, 0.2], [0.3, 0.7]])
+    with caplog.at_level(logging.WARNING, logger="kerastune_lab"):
+        assert choose_threshold([1, 1], probs, ["a", "b"], "b", 0.9) is None
+        assert choose_threshold([0, 2], np.eye(3)[:2], ["a", "b", "c"], None, 0.9) is None
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("kerastune_lab", "no decision threshold: the val split holds one side of b only"),
+        ("kerastune_lab", "no decision threshold: the val split has no positive class")]
+    point = choose_threshold([0, 1], probs, ["a", "b"], None, 0.9)  # split defaults to "val"
+    assert (point["chosen_on"], point["positive_class"], point["threshold"]) == ("val", "b", 0.7)

@@ -44,6 +44,49 @@ def test_bad_settings(setting, fragment):
         class_weights.class_weights([0, 1, 1], setting, NAMES)
 
 
+def test_the_defaults_balanced_and_classes_from_the_labels():
+    # setting defaults to "balanced"; without class_names the classes are
+    # 0..max label, named by their index in messages (mutants found both
+    # untested).
+    labels = [0, 0, 0, 1, 2, 2]
+    assert class_weights.class_weights(labels) == pytest.approx({0: 2 / 3, 1: 2.0, 2: 1.0})
+    assert class_weights.class_weights(labels, "BALANCED ") == \
+        class_weights.class_weights(labels, "balanced", ["a", "b", "c"])
+    with pytest.raises(KerastuneError, match=r"no training example of class\(es\) 1$"):
+        class_weights.class_weights([0, 2], "balanced")
+    assert class_weights.class_weights([0, 1], {0: 1.5, 1: 2.0}) == {0: 1.5, 1: 2.0}
+    with pytest.raises(KerastuneError, match=r"unknown class 2; classes: 0, 1$"):
+        class_weights.class_weights([0, 1], {0: 1.0, 1: 1.0, 2: 1.0})
+    with pytest.raises(KerastuneError, match=r"e\.g\. \{'0': 1\.0, \.\.\.\}"):
+        class_weights.class_weights([0, 1], "inverse")
+
+
+@pytest.mark.parametrize("key", [2, -1, True])
+def test_an_index_key_must_be_a_class(key):
+    setting = {0: 1.0, key: 1.0} if key is True else {0: 1.0, 1: 1.0, key: 1.0}
+    with pytest.raises(KerastuneError, match=f"unknown class {key!r}"):
+        class_weights.class_weights([0, 1], setting, NAMES)
+
+
+@pytest.mark.parametrize("weight", [0, 0.0, False, None, float("nan")])
+def test_a_weight_must_be_positive(weight):
+    with pytest.raises(KerastuneError, match="expected a positive number"):
+        class_weights.class_weights([0, 1], {"NORMAL": 1.0, "PNEUMONIA": weight}, NAMES)
+
+
+def test_by_name_rounds_to_six_digits():
+    assert class_weights.by_name({0: 1 / 3, 1: 2.0}, NAMES) == {"NORMAL": 0.333333,
+                                                                "PNEUMONIA": 2.0}
+
+
+def test_oversample_seed_defaults_to_0():
+    labels = np.array([0] * 5 + [1] * 2)
+    np.testing.assert_array_equal(class_weights.oversample(labels),
+                                  class_weights.oversample(labels, seed=0))
+    assert not np.array_equal(class_weights.oversample(labels),
+                              class_weights.oversample(labels, seed=1))
+
+
 def test_balanced_needs_every_class():
     with pytest.raises(KerastuneError, match="no training example of class.*PNEUMONIA"):
         class_weights.class_weights([0, 0], "balanced", NAMES)
