@@ -180,7 +180,8 @@ def _plan_first(module, cfg):
     when a causal LM's step does not fit this GPU or TPU; nothing elsewhere."""
     from kerastune_lab import plan
 
-    if not plan.is_plannable(cfg) or plan.detected_accelerator() is None:
+    accelerator = plan.detected_accelerator() if plan.is_plannable(cfg) else None
+    if accelerator is None:
         return
     precision = None
     if hasattr(cfg, "precision"):
@@ -188,7 +189,7 @@ def _plan_first(module, cfg):
 
         precision, _ = backend.choose_precision(cfg.precision, backend.accelerators(),
                                                 getattr(cfg, "quantize", "none"))
-    plan.plan_before_run(module, cfg, precision=precision)
+    plan.plan_before_run(module, cfg, accelerator, precision=precision)
 
 
 def _log_to_file(handler, exc, config_keys=()):

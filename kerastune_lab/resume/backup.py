@@ -243,10 +243,8 @@ class Backup(keras.callbacks.Callback):
                            previous=self._previous)
         except snapshot.NotFinite as e:
             signals.set_training(None)
-            try:
-                self.loss_check.stop(str(e), self._epoch, step or self.params.get("steps"))
-            except LossNotFinite as stopped:
-                raise stopped from None
+            raise self.loss_check.error(str(e), self._epoch,
+                                        step or self.params.get("steps")) from None
         self._previous = snapshot.NEWEST  # the one just written, at the next backup
         self.saved = (self.phase, epoch, step)
 

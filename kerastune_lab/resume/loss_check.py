@@ -99,11 +99,11 @@ class LossCheck(keras.callbacks.Callback):
         """Raises `LossNotFinite` where a step's loss was not finite."""
         if self._not_finite is not None:
             epoch, step, loss = self._not_finite
-            self.stop(f"loss is {loss}", epoch, step)
+            raise self.error(f"loss is {loss}", epoch, step)
 
-    def stop(self, what, epoch, step):
-        """Raises `LossNotFinite`: "`what` at epoch E, step S (phase): training
-        stopped", and what is kept."""
+    def error(self, what, epoch, step):
+        """The `LossNotFinite` to raise: "`what` at epoch E, step S (phase):
+        training stopped", and what is kept."""
         kept = f"; {self.kept()}" if self.kept else ""
-        raise LossNotFinite(f"{what} at epoch {epoch + 1}, step {step} ({self.phase} phase): "
-                            f"training stopped{kept}")
+        return LossNotFinite(f"{what} at epoch {epoch + 1}, step {step} ({self.phase} phase): "
+                             f"training stopped{kept}")
