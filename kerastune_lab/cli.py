@@ -269,9 +269,10 @@ def merge(run_dir, output, preset, backend):
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--format", "-f", "fmt", required=True,
-              type=click.Choice(["hf", "peft", "keras", "serving"]),
+              type=click.Choice(["hf", "peft", "keras", "serving", "gguf"]),
               help="hf: transformers folder (LoRA merged); peft: adapter folder (LoRA runs); "
-                   "keras: model.keras, serving: SavedModel/ONNX (classification runs).")
+                   "keras: model.keras, serving: SavedModel/ONNX (classification runs); "
+                   "gguf: model.gguf and an Ollama Modelfile (chat runs, LoRA merged).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="The folder to write; must not exist.")
 @click.option("--with-base", is_flag=True,
@@ -279,15 +280,21 @@ def merge(run_dir, output, preset, backend):
                    "in OUTPUT/base/.")
 @click.option("--preset", default=None,
               help="LoRA runs: the base preset. Defaults to the one the adapter records.")
+@click.option("--quantize", "-q", default=None,
+              type=click.Choice(["f32", "f16", "q8_0", "q4_k_m"]),
+              help="--format gguf: the weights' type (default f16); q8_0 and q4_k_m are "
+                   "quantized by llama.cpp (needs llama-cpp-python).")
 @BACKEND_OPTION
-def export(run_dir, fmt, output, with_base, preset, backend):
+def export(run_dir, fmt, output, with_base, preset, quantize, backend):
     """Write the model of RUN_DIR where other tools read it: a transformers
-    folder, a peft adapter, a .keras file or a serving export."""
+    folder, a peft adapter, a .keras file, a serving export or a GGUF file
+    for llama.cpp and Ollama."""
     run_files.check_run(run_dir)
     select_backend(backend)
     from kerastune_lab.export import export_run
 
-    click.echo(export_run(run_dir, fmt, output, with_base=with_base, preset=preset))
+    click.echo(export_run(run_dir, fmt, output, with_base=with_base, preset=preset,
+                          quantize=quantize))
 
 
 @cli.command()

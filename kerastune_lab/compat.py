@@ -374,3 +374,15 @@ def hf_export_backbone(backbone, folder, like, config, tokenizer=None):
         stack.enter_context(mock.patch.dict(exporter.MODEL_EXPORTERS,
                                             {name: exporter.MODEL_EXPORTERS[like]}))
         exporter.export_backbone(backbone, folder, include_lm_head=True, tokenizer=tokenizer)
+
+
+def hf_weights(backbone, like):
+    """{transformers name: numpy array} of `backbone` with its LM head, as
+    KerasHub's transformers export of a `like` backbone names and lays them
+    out (what it would write to model.safetensors)."""
+    import keras
+    import numpy as np
+
+    weights = _hf_exporter().MODEL_EXPORTERS[like](backbone, include_lm_head=True)
+    return {name: np.asarray(keras.ops.convert_to_numpy(getattr(value, "value", value)))
+            for name, value in weights.items()}

@@ -92,7 +92,9 @@ def save_chat_template(template, folder):
         f.write("\n")
 
 
-def _llama2_config(backbone):
+def llama2_config(backbone):
+    """The transformers config of a Llama 2 backbone (KerasHub's Llama 3
+    config, Llama 2's context length and linear RoPE scaling)."""
     config = compat.hf_config(backbone, like="Llama3Backbone")
     config["max_position_embeddings"] = LLAMA2_CONTEXT
     factor = backbone.rope_position_scaling_factor
@@ -109,7 +111,7 @@ def _save_llama2(causal_lm, folder):
     tokenizer = preprocessor.tokenizer if preprocessor is not None else None
     # KerasHub's writer with its Llama 3 weight map, and the Llama 2 config.
     compat.hf_export_backbone(causal_lm.backbone, folder, like="Llama3Backbone",
-                              config=_llama2_config, tokenizer=tokenizer)
+                              config=llama2_config, tokenizer=tokenizer)
     if tokenizer is not None:
         _save_llama2_tokenizer(tokenizer, folder)
 

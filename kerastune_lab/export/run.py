@@ -8,6 +8,7 @@
 | peft    | LoRA runs                              | a peft adapter folder (`peft.py`) |
 | keras   | classification runs                    | model.keras (`serving.py`) |
 | serving | classification runs                    | SavedModel or ONNX (`serving.py`) |
+| gguf    | chat runs, LoRA runs (merged)          | model.gguf, Ollama Modelfile (`gguf.py`) |
 
 The output folder must not exist. Everything is written into a temporary
 folder beside it and renamed into place (`runs.atomic_path`), so a failure
@@ -21,8 +22,8 @@ from kerastune_lab import run_files
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.runs import ADAPTER, CHAT, LABELS, MODEL_DIR, atomic_path, normal_path
 
-FORMATS = ("hf", "peft", "keras", "serving")
-_FITS = {"causal_lm": ("hf",), "lora": ("hf", "peft"),
+FORMATS = ("hf", "peft", "keras", "serving", "gguf")
+_FITS = {"causal_lm": ("hf", "gguf"), "lora": ("hf", "peft", "gguf"),
          "classifier": ("keras", "serving")}
 _KINDS = {"causal_lm": "a chat run (a causal LM)", "lora": "a LoRA run",
           "classifier": "a classification run"}
@@ -48,16 +49,18 @@ def run_kind(run):
     return kind, getattr(keras_hub.models, task)
 
 
-def export_run(run_dir, fmt, output, with_base=False, preset=None):
+def export_run(run_dir, fmt, output, with_base=False, preset=None, quantize=None):
     """Writes the model of the finished run `run_dir` to the new folder `output`.
 
     Args:
         run_dir: str. A finished run.
-        fmt: str. One of "hf", "peft", "keras", "serving".
+        fmt: str. One of "hf", "peft", "keras", "serving", "gguf".
         output: str. The folder to write; must not exist.
         with_base: bool. "peft" only: also write the base in `output/base/`.
         preset: str or None. LoRA runs: the base preset instead of the one
             the adapter records.
+        quantize: str or None. "gguf" only: f32, f16 (the default), q8_0
+            or q4_k_m.
 
     Returns:
         `output`.
@@ -75,18 +78,25 @@ def export_run(run_dir, fmt, output, with_base=False, preset=None):
                              f"{_KINDS[kind]}: expected --format {' or '.join(_FITS[kind])}")
     if with_base and fmt != "peft":
         raise KerastuneError("--with-base: expected --format peft")
+    if quantize is not None and fmt != "gguf":
+        raise KerastuneError(f"--quantize {quantize}: expected --format gguf")
+    if fmt == "gguf":
+        from kerastune_lab.export.gguf import check_quantize
+
+        quantize = quantize or "f16"
+        check_quantize(quantize)
     if preset is not None and kind != "lora":
         raise KerastuneError(f"--preset {preset!r}: run dir {run.path!r} holds a whole "
                              "model, not a LoRA adapter; leave out --preset")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with atomic_path(output) as tmp:
         os.makedirs(tmp)
-        _write(run, kind, task_cls, fmt, tmp, with_base, preset, output)
+        _write(run, kind, task_cls, fmt, tmp, with_base, preset, output, quantize)
     return output
 
 
-def _write(run, kind, task_cls, fmt, folder, with_base, preset, output):
-    from kerastune_lab.export import hf, peft, serving
+def _write(run, kind, task_cls, fmt, folder, with_base, preset, output, quantize=None):
+    from kerastune_lab.export import gguf, hf, peft, serving
 
     adapter = run.adapter_path
     if fmt == "peft":
@@ -109,13 +119,19 @@ def _write(run, kind, task_cls, fmt, folder, with_base, preset, output):
         # would carry KerasHub's custom compile, which `load_model` cannot
         # replay ("`compile()` was not called as part of model loading").
         model = load_run_model(run, task_cls, compile=False)
+    template = None
+    if fmt in ("hf", "gguf") and os.path.isfile(run.chat_path):
+        from kerastune_lab.generate import chat_template_of
+
+        # The chat template the run trained with.
+        template = chat_template_of(model, run_files.chat_settings(run.path))
+    if fmt == "gguf":
+        gguf.save_gguf(model, folder, template, quantize)
+        return
     if fmt == "hf":
         hf.save_transformers(model, folder)
-        if os.path.isfile(run.chat_path):  # the chat template the run trained with
-            from kerastune_lab.generate import chat_template_of
-
-            settings = run_files.chat_settings(run.path)
-            hf.save_chat_template(chat_template_of(model, settings), folder)
+        if template is not None:
+            hf.save_chat_template(template, folder)
         return
     if os.path.isfile(run.labels_path):
         shutil.copy(run.labels_path, os.path.join(folder, LABELS))
