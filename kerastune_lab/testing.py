@@ -20,6 +20,7 @@ from kerastune_lab.hub.handles import CONFIG_FILE as PRESET_CONFIG
 from kerastune_lab.runs import atomic_path
 
 PRESET_KINDS = ("resnet", "distilbert", "gpt2", "llama")
+PRESET_REVISIONS = {"llama": "-r2"}  # r2: byte-fallback SentencePiece
 
 # Real English words, for vocabularies and generated text.
 WORDS = """
@@ -90,15 +91,19 @@ def byte_pair_vocabulary(vocab_size=400):
     return model["vocab"], merges
 
 
-def sentencepiece_proto(vocab_size=120):
-    """A Llama-2 style SentencePiece model (bytes), trained on generated sentences."""
+def sentencepiece_proto(vocab_size=400):
+    """A Llama-2 style SentencePiece model (bytes), trained on generated
+    sentences: BPE with byte fallback (the 256 pieces <0x00>..<0xFF>, as
+    Llama 2 has them), so any text tokenizes, in KerasHub and in llama.cpp
+    (whose SentencePiece tokenizer needs the byte pieces for text outside
+    the vocabulary)."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences(400)), model_writer=buf, vocab_size=vocab_size,
         model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>",
-        unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+        unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", byte_fallback=True,
         user_defined_symbols=list(CHAT_MARKERS), minloglevel=2,
     )
     return buf.getvalue()
@@ -158,7 +163,8 @@ def save_tiny_preset(kind, path, seed=0):
 
 def tiny_preset(kind):
     """Returns the folder of a cached tiny preset of `kind`, building it once."""
-    path = os.path.join(cache_dir("presets"), f"tiny_{kind}")
+    # A preset whose builder changed gets a new folder (the cache outlives a checkout).
+    path = os.path.join(cache_dir("presets"), f"tiny_{kind}{PRESET_REVISIONS.get(kind, '')}")
     if not os.path.exists(os.path.join(path, PRESET_CONFIG)):
         save_tiny_preset(kind, path)
     return path

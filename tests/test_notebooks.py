@@ -189,5 +189,10 @@ def test_notebook_runs(name, tmp_path, kernel_name, monkeypatch):
         assert all(png.startswith(b"\x89PNG") for png in shown)
     (cell,) = tagged(nb, "result")
     assert re.search(result, text_of(cell)), text_of(cell)
+    if name == "lora_chat":  # the GGUF export, chatted with through llama.cpp
+        (cell,) = tagged(nb, "gguf")
+        assert re.search(r"\['Modelfile', 'model\.gguf'\]\nyou: Is it Monday again\?\n"
+                         r"llama\.cpp: .*\nyou: Should I make coffee\?\nllama\.cpp: ",
+                         text_of(cell)), text_of(cell)
     # The runs were written in the working folder.
     assert os.listdir(work / "runs")
