@@ -10,7 +10,7 @@
     kerastune chat RUN_DIR [--sampler top_p --temperature 0.8 --max-length 128 ...]
     kerastune chat --preset PRESET --adapter FILE.lora.h5 [...]
     kerastune merge RUN_DIR --output DIR
-    kerastune export RUN_DIR --format hf|peft|keras|serving --output DIR [--with-base]
+    kerastune export RUN_DIR --format hf|peft|keras|serving|gguf|gguf-lora -o DIR [...]
     kerastune evaluate RUN_DIR --data FOLDER [--name NAME]
     kerastune info
     kerastune presets [KIND]
@@ -269,15 +269,16 @@ def merge(run_dir, output, preset, backend):
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--format", "-f", "fmt", required=True,
-              type=click.Choice(["hf", "peft", "keras", "serving", "gguf"]),
+              type=click.Choice(["hf", "peft", "keras", "serving", "gguf", "gguf-lora"]),
               help="hf: transformers folder (LoRA merged); peft: adapter folder (LoRA runs); "
                    "keras: model.keras, serving: SavedModel/ONNX (classification runs); "
-                   "gguf: model.gguf and an Ollama Modelfile (chat runs, LoRA merged).")
+                   "gguf: model.gguf and an Ollama Modelfile (chat runs, LoRA merged); "
+                   "gguf-lora: the adapter alone for llama.cpp's --lora (LoRA runs).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="The folder to write; must not exist.")
 @click.option("--with-base", is_flag=True,
               help="--format peft: also write the float base as a transformers folder "
-                   "in OUTPUT/base/.")
+                   "in OUTPUT/base/; --format gguf-lora: as OUTPUT/base.gguf.")
 @click.option("--preset", default=None,
               help="LoRA runs: the base preset. Defaults to the one the adapter records.")
 @click.option("--quantize", "-q", default=None,

@@ -25,6 +25,9 @@ template's end markers as stop words.
 | GPT2Backbone      | gpt2              | BPE (pre "gpt-2")    |
 | LlamaBackbone     | llama             | SentencePiece        |
 | Llama3Backbone    | llama             | BPE (pre "llama-bpe")|
+
+A LoRA run's adapter alone (`save_gguf_lora`, Llama 2 and 3) is a GGUF
+LoRA that llama.cpp applies over the base's GGUF.
 """
 
 import json
@@ -332,3 +335,62 @@ def modelfile(template, gguf_name):
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{go}"""']
     lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in stops]
     return "\n".join(lines) + "\n"
+
+
+ADAPTER_GGUF = "adapter.gguf"
+BASE_GGUF = "base.gguf"
+
+
+def save_gguf_lora(adapter, folder, preset=None, with_base=False, quantize="f16"):
+    """Writes the LoRA adapter file `adapter` as `folder/adapter.gguf`, a
+    GGUF LoRA that llama.cpp applies over the base's GGUF (`llama-cli -m
+    base.gguf --lora adapter.gguf`; llama-cpp-python `lora_path=`), as
+    llama.cpp's `convert_lora_to_gguf.py` writes one: `general.type`
+    "adapter", `adapter.lora.alpha`, and for each adapted kernel
+    `blk.N.attn_q.weight.lora_a` (rank, d_in) and `.lora_b` (d_out, rank),
+    B's rows of query and key in llama.cpp's RoPE order. With `with_base`,
+    also the float base as `folder/base.gguf` (in `quantize`).
+
+    Returns:
+        The path of the adapter file.
+    """
+    from kerastune_lab.finetune.lora import read_adapter_factors
+    from kerastune_lab.finetune.lora.peft_folder import module_name
+
+    metadata, factors = read_adapter_factors(adapter)
+    name = metadata["base"]["class_name"]
+    what = f"GGUF LoRA of {os.fspath(adapter)!r}"
+    check_gguf(name, quantize)
+    if ARCHITECTURES[name][0] != "llama":
+        raise KerastuneError(f"{what}: a GGUF LoRA is written for Llama3Backbone, "
+                             f"LlamaBackbone, not {name}: its attention is one fused "
+                             "attn_qkv tensor; export the merged model (--format gguf)")
+    gguf = _gguf()
+    shape = metadata["base"]["shape"]
+    heads = {"attn_q": shape["num_query_heads"], "attn_k": shape["num_key_value_heads"]}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, shape["num_layers"])
+    path = os.path.join(folder, ADAPTER_GGUF)
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(metadata["alpha"]))
+    for layer_path, (a, b) in sorted(factors.items()):
+        tensor = names.get_name(module_name(name, layer_path, what) + ".weight",
+                                try_suffixes=(".weight",))
+        a = np.asarray(a, "float32").T  # (rank, d_in)
+        b = np.asarray(b, "float32").T  # (d_out, rank)
+        kind = tensor.split(".")[2]
+        if kind in heads:
+            b = _rope_rows(b, heads[kind])
+        writer.add_tensor(f"{tensor}.lora_a", np.ascontiguousarray(a))
+        writer.add_tensor(f"{tensor}.lora_b", np.ascontiguousarray(b))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if with_base:
+        from kerastune_lab.finetune.lora import load_float_base
+
+        base, _ = load_float_base(adapter, preset)
+        os.replace(save_gguf(base, folder, quantize=quantize), os.path.join(folder, BASE_GGUF))
+    return path

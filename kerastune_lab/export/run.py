@@ -9,6 +9,7 @@
 | keras   | classification runs                    | model.keras (`serving.py`) |
 | serving | classification runs                    | SavedModel or ONNX (`serving.py`) |
 | gguf    | chat runs, LoRA runs (merged)          | model.gguf, Ollama Modelfile (`gguf.py`) |
+| gguf-lora | LoRA runs (Llama 2, 3)               | adapter.gguf [+ base.gguf] (`gguf.py`) |
 
 The output folder must not exist. Everything is written into a temporary
 folder beside it and renamed into place (`runs.atomic_path`), so a failure
@@ -22,8 +23,8 @@ from kerastune_lab import run_files
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.runs import ADAPTER, CHAT, LABELS, MODEL_DIR, atomic_path, normal_path
 
-FORMATS = ("hf", "peft", "keras", "serving", "gguf")
-_FITS = {"causal_lm": ("hf", "gguf"), "lora": ("hf", "peft", "gguf"),
+FORMATS = ("hf", "peft", "keras", "serving", "gguf", "gguf-lora")
+_FITS = {"causal_lm": ("hf", "gguf"), "lora": ("hf", "peft", "gguf", "gguf-lora"),
          "classifier": ("keras", "serving")}
 _KINDS = {"causal_lm": "a chat run (a causal LM)", "lora": "a LoRA run",
           "classifier": "a classification run"}
@@ -54,13 +55,14 @@ def export_run(run_dir, fmt, output, with_base=False, preset=None, quantize=None
 
     Args:
         run_dir: str. A finished run.
-        fmt: str. One of "hf", "peft", "keras", "serving", "gguf".
+        fmt: str. One of "hf", "peft", "keras", "serving", "gguf", "gguf-lora".
         output: str. The folder to write; must not exist.
-        with_base: bool. "peft" only: also write the base in `output/base/`.
+        with_base: bool. "peft" and "gguf-lora": also write the float base
+            (`output/base/`, `output/base.gguf`).
         preset: str or None. LoRA runs: the base preset instead of the one
             the adapter records.
-        quantize: str or None. "gguf" only: f32, f16 (the default), q8_0
-            or q4_k_m.
+        quantize: str or None. "gguf" (and the base of "gguf-lora"): f32,
+            f16 (the default), q8_0 or q4_k_m.
 
     Returns:
         `output`.
@@ -76,11 +78,12 @@ def export_run(run_dir, fmt, output, with_base=False, preset=None, quantize=None
     if fmt not in _FITS[kind]:
         raise KerastuneError(f"--format {fmt} does not fit run dir {run.path!r}, "
                              f"{_KINDS[kind]}: expected --format {' or '.join(_FITS[kind])}")
-    if with_base and fmt != "peft":
-        raise KerastuneError("--with-base: expected --format peft")
-    if quantize is not None and fmt != "gguf":
-        raise KerastuneError(f"--quantize {quantize}: expected --format gguf")
-    if fmt == "gguf":
+    if with_base and fmt not in ("peft", "gguf-lora"):
+        raise KerastuneError("--with-base: expected --format peft or gguf-lora")
+    if quantize is not None and fmt != "gguf" and not (fmt == "gguf-lora" and with_base):
+        raise KerastuneError(f"--quantize {quantize}: expected --format gguf "
+                             "(or gguf-lora --with-base)")
+    if fmt.startswith("gguf"):
         from kerastune_lab.export.gguf import check_quantize
 
         quantize = quantize or "f16"
@@ -99,6 +102,9 @@ def _write(run, kind, task_cls, fmt, folder, with_base, preset, output, quantize
     from kerastune_lab.export import gguf, hf, peft, serving
 
     adapter = run.adapter_path
+    if fmt == "gguf-lora":
+        gguf.save_gguf_lora(adapter, folder, preset, with_base=with_base, quantize=quantize)
+        return
     if fmt == "peft":
         peft.save_peft(adapter, folder, with_base=with_base, preset=preset,
                        final_path=output)

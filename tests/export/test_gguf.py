@@ -86,7 +86,7 @@ def _export(cli, run, tmp_path, quantize, name=None):
     return out
 
 
-def _llama(path):
+def _llama(path, **kwargs):
     """llama.cpp on the file, its KV cache in f32 (llama.cpp's default, f16,
     alone moves the logits by a few 1e-3), without the CPU's extra weight
     buffers: on this machine's CPU (AMX_INT8, REPACK in llama.cpp's system
@@ -104,11 +104,11 @@ def _llama(path):
     with mock.patch.object(llama_cpp.llama.llama_cpp, "llama_model_default_params", plain):
         return llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=128, n_threads=1,
                                type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
-                               verbose=False)
+                               verbose=False, **kwargs)
 
 
-def _llama_cpp_logits(path, ids):
-    llm = _llama(path)
+def _llama_cpp_logits(path, ids, **kwargs):
+    llm = _llama(path, **kwargs)
     try:
         llm.eval([int(i) for i in ids])
         return np.array(llm.scores[:len(ids)])
@@ -257,6 +257,36 @@ def test_lora_run_is_merged_in_float_before_export(lora_run, cli, tmp_path):
     ids = _prompt_ids(5)
     expected = runs.logits(merged, ids)[0]
     assert np.abs(_llama_cpp_logits(out / "model.gguf", ids[0]) - expected).max() < 1e-3
+
+
+def test_gguf_lora_over_the_base_gives_the_merged_logits(lora_run, cli, tmp_path):
+    """The adapter alone, applied by llama.cpp over the base's GGUF, gives
+    the logits of the Keras base with the adapter merged in (alpha 8 over
+    rank 4 in tests/export/runs.py: a scale of 2, not 1)."""
+    from kerastune_lab.finetune.lora import merged_model, read_adapter_metadata
+
+    adapter = os.path.join(lora_run, "adapter.lora.h5")
+    metadata = read_adapter_metadata(adapter)
+    assert metadata["alpha"] != metadata["rank"]
+    out = tmp_path / "lora"
+    result = cli("export", lora_run, "--format", "gguf-lora", "--with-base", "--quantize",
+                 "f32", "--output", out)
+    assert result.code == 0, result
+    assert sorted(os.listdir(out)) == ["adapter.gguf", "base.gguf"]
+    reader = gguf.GGUFReader(out / "adapter.gguf")
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.lora.alpha"].contents() == metadata["alpha"]
+    names = sorted(t.name for t in reader.tensors)
+    assert len(names) == 2 * len(metadata["layers"]) and names[0].endswith(".lora_a")
+    ids = _prompt_ids(5)
+    expected = runs.logits(merged_model(adapter), ids)[0]
+    base = _llama_cpp_logits(out / "base.gguf", ids[0])
+    assert np.abs(base - expected).max() > 1e-2  # the adapter changes the logits
+    got = _llama_cpp_logits(out / "base.gguf", ids[0], lora_path=str(out / "adapter.gguf"))
+    assert np.abs(got - expected).max() < 1e-3
+    no_base = cli("export", lora_run, "--format", "gguf-lora", "--quantize", "q8_0",
+                  "--output", tmp_path / "q")
+    assert_one_line_error(no_base, "--quantize q8_0", "gguf-lora --with-base")
 
 
 @pytest.fixture(scope="module")
