@@ -287,7 +287,7 @@ def evaluate_classifier(run, y_true, probs, class_names, positive_class=None,
         summary[f"{prefix}_roc_auc"] = float(np.mean([s[0] for s in scores.values()]))
         summary[f"{prefix}_average_precision"] = float(np.mean([s[1] for s in scores.values()]))
         summary[f"{prefix}_curves"] = "one vs rest, macro average over the classes present"
-        if positive is not None:
+        if positive in scores:  # its one-vs-rest curve needs it among the labels
             summary[f"{prefix}_roc_auc_{class_names[positive]}"] = scores[positive][0]
     return summary
 
