@@ -23,8 +23,8 @@ CATS = recipe_path("cats_vs_dogs")
 LORA = recipe_path("lora_chat")
 # 38 training images in batches of 16: 3 steps an epoch; 1 head epoch, 2 finetune.
 CATS_ARGS = ["--smoke", "head_epochs=1", "epochs=2", "save_every_steps=1"]
-# 32 conversations in 19 windows, 8 a batch: 3 steps, 1 epoch; one short reply before and after.
-LORA_ARGS = ["--smoke", "epochs=1", "save_every_steps=1",
+# 32 conversations in 16 windows, 4 a batch: 4 steps, 1 epoch; one short reply before and after.
+LORA_ARGS = ["--smoke", "epochs=1", "batch_size=4", "save_every_steps=1",
              "report_prompts=1", "max_length=40"]
 
 
