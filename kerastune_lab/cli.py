@@ -32,7 +32,7 @@ import sys
 import click
 
 from kerastune_lab import backend as backend_lib
-from kerastune_lab import run_files, text_checks
+from kerastune_lab import processes, run_files, text_checks
 from kerastune_lab.cli_common import BACKEND_OPTION, select_backend, setup_logging
 from kerastune_lab.errors import (
     DownloadFailed,
@@ -78,11 +78,25 @@ def cli():
 @click.option("--plan/--no-plan", "plan_first", default=True, show_default=True,
               help="On a GPU or TPU (jax), a chat or LoRA recipe's memory plan first: "
                    "refused before any download when a step does not fit.")
+@click.option("--coordinator", default=None, metavar="HOST:PORT",
+              help="Several processes (hosts), one run (jax): process 0's address and a "
+                   "free port, the same on every process; `auto` on a TPU pod slice or "
+                   "SLURM. Or $KERAS_DISTRIBUTION_JOB_ADDRESSES.")
+@click.option("--num-processes", default=None, type=int,
+              help="With --coordinator: how many processes. Or "
+                   "$KERAS_DISTRIBUTION_NUM_PROCESSES.")
+@click.option("--process-id", default=None, type=int,
+              help="With --coordinator: this process, 0 to N-1 (0 writes the run folder). "
+                   "Or $KERAS_DISTRIBUTION_PROCESS_ID.")
+@click.option("--connect-timeout", default=None, type=float,
+              help="Seconds for every process to join, else exit 2. Default 300, or "
+                   "$KERASTUNE_CONNECT_TIMEOUT.")
 @click.option("--help", "-h", "show_help", is_flag=True,
               help="Show this message; with RECIPE, its launch lines and config keys.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx, recipe, backend, smoke, output_dir, overwrite, plan_first, show_help, overrides):
+def run(ctx, recipe, backend, smoke, output_dir, overwrite, plan_first, coordinator,
+        num_processes, process_id, connect_timeout, show_help, overrides):
     """Run RECIPE with KEY=VALUE config overrides.
 
     RECIPE is a shipped recipe's name (`kerastune recipes` lists them) or
@@ -108,11 +122,16 @@ def run(ctx, recipe, backend, smoke, output_dir, overwrite, plan_first, show_hel
     # What can be checked without Keras, before it loads (seconds): the
     # recipe file, the keys, types and ranges of the overrides, a data=
     # path, the run folder. The backend name first, as it is the cheapest.
-    backend_lib.resolve_backend(backend)
+    name = backend_lib.resolve_backend(backend)
+    several = processes.from_flags(coordinator, num_processes, process_id, connect_timeout)
+    if several is not None:
+        processes.check_backend(name)
     path, _ = shipped.resolve(recipe)
     recipe_file.precheck(path, overrides, smoke=smoke, output_dir=output_dir,
                          overwrite=overwrite)
     select_backend(backend)
+    if several is not None:
+        processes.initialize(several, name)
     from kerastune_lab.recipe import run_recipe
 
     result = run_recipe(recipe, smoke=smoke, overrides=overrides,

@@ -125,8 +125,13 @@ def make_distribution(mode, backbone_cls=None, model_parallel=None, backbone_con
             f"distribute={mode} needs 2 or more devices; found {len(devices)} "
             f"({', '.join(map(str, devices))})"
         )
+    # Several processes: each feeds its own rows (`processes.own_rows`), so
+    # Keras must not shard the datasets again.
+    from kerastune_lab.processes import process_count
+
+    auto_shard = process_count() < 2
     if mode == "data":
-        return keras.distribution.DataParallel(devices=devices)
+        return keras.distribution.DataParallel(devices=devices, auto_shard_dataset=auto_shard)
     if backbone_cls is None or not hasattr(backbone_cls, "get_layout_map"):
         name = getattr(backbone_cls, "__name__", backbone_cls)
         raise KerastuneError(
@@ -156,7 +161,8 @@ def make_distribution(mode, backbone_cls=None, model_parallel=None, backbone_con
             model_parallel = fits[-1]
     m = model_parallel or n
     layout_map = backbone_cls.get_layout_map(_mesh(n, m, devices))
-    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch",
+                                            auto_shard_dataset=auto_shard)
 
 
 def preset_distribution(mode, preset, model_parallel=None):

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from kerastune_lab import processes
 from kerastune_lab.data.chat_template import ChatTemplate
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.models import detached_preprocessor
@@ -130,7 +131,7 @@ class ChatGenerator:
         for row, ids in enumerate(encoded):
             token_ids[row, :len(ids)] = ids
             padding_mask[row, :len(ids)] = True
-        with detached_preprocessor(self.model):
+        with detached_preprocessor(self.model), processes.whole_outputs():
             out = self.model.generate(
                 {"token_ids": token_ids, "padding_mask": padding_mask},
                 stop_token_ids=self.template.stop_token_ids or None)

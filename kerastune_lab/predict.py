@@ -82,11 +82,14 @@ def predict_dataset(model, dataset):
     Labels come from the dataset itself, so they stay aligned with the
     predictions even where the pipeline dropped an unreadable file.
     """
+    from kerastune_lab.processes import whole_outputs
+
     labels, probs = [], []
-    for x, y in dataset:
-        logits = np.asarray(model.predict_on_batch(np.asarray(x)), dtype="float64")
-        probs.append(_softmax(logits))
-        labels.append(np.asarray(y))
+    with whole_outputs():  # several processes: each predicts every batch
+        for x, y in dataset:
+            logits = np.asarray(model.predict_on_batch(np.asarray(x)), dtype="float64")
+            probs.append(_softmax(logits))
+            labels.append(np.asarray(y))
     if not labels:
         raise KerastuneError("the dataset to predict on holds no readable example")
     return np.concatenate(labels).astype("int64"), np.concatenate(probs)

@@ -27,12 +27,20 @@ import importlib.util
 import logging
 import os
 import shlex
+import shutil
 import sys
 
 from kerastune_lab import config as config_lib
-from kerastune_lab import errors, shipped
+from kerastune_lab import errors, processes, shipped
 from kerastune_lab.errors import KerastuneError
-from kerastune_lab.runs import CONFIG, KINDS, RunDir, default_run_dir, package_versions
+from kerastune_lab.runs import (
+    CONFIG,
+    KINDS,
+    MARKER,
+    RunDir,
+    default_run_dir,
+    package_versions,
+)
 
 log = logging.getLogger("kerastune_lab")
 
@@ -120,10 +128,20 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
     identity = {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),
                 "config": config_lib.to_dict(cfg),
                 "defaults": config_lib.to_dict(defaults)}
-    run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME), overwrite=overwrite,
-                        resume=identity, kind=getattr(module, "KIND", None))
+    if processes.process_index():  # not process 0: a private copy of its run folder
+        run, shared = processes.follow(MARKER)
+    else:
+        try:
+            run = RunDir.create(output_dir or default_run_dir(module.RECIPE_NAME),
+                                overwrite=overwrite, resume=identity,
+                                kind=getattr(module, "KIND", None))
+        except BaseException:
+            processes.lead(None)
+            raise
+        shared = run.path
     handler = _add_log_file(run)
-    command = resume_command(named, identity["backend"], smoke, overrides, run.path)
+    command = resume_command(named, identity["backend"], smoke, overrides, shared)
+    told = bool(run.scratch)  # whether the other processes have the run's path
     try:
         if run.resumed:
             log.info("resuming the unfinished run in %s", run.path)
@@ -131,8 +149,10 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
             run.update_json(CONFIG, resumed=resumed + [{
                 "command": sys.argv,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}])
-        else:
+        elif not run.scratch:
             _write_config(run, module, path, smoke, overrides, cfg, identity["backend"])
+        if not told:  # process 0, config.json written: the others copy the folder now
+            told = processes.lead(run.path) or True
         with resume.handle_interrupts():
             if hasattr(cfg, "seed"):
                 keras.utils.set_random_seed(cfg.seed)
@@ -155,6 +175,8 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
         _log_to_file(handler, e)
         raise
     except Exception as e:
+        if not told:
+            processes.lead(None)
         # Bad input found late, a download that failed, a loss not finite, a
         # crash: the line goes into log.txt; a run with something trained is
         # marked FAILED (line and exit code), one with nothing is removed.
@@ -162,7 +184,7 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
         logging.getLogger("kerastune_lab").removeHandler(handler)
         handler.close()
         try:
-            if run.fail("kerastune: " + line, errors.exit_code(e)):
+            if not run.scratch and run.fail("kerastune: " + line, errors.exit_code(e)):
                 log.info("the run directory %s is kept, marked FAILED", run.path)
         except OSError:  # e.g. the disk that failed the run: the error says it
             pass
@@ -171,7 +193,9 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
         logging.getLogger("kerastune_lab").removeHandler(handler)
         handler.close()
         run.release()  # the run folder's lock (runs.RunLock), held since RunDir.create
-    return run
+        if run.scratch:  # another process's copy: process 0 wrote the run
+            shutil.rmtree(run.scratch, ignore_errors=True)
+    return RunDir(shared) if run.scratch else run
 
 
 def _plan_first(module, cfg):

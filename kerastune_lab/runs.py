@@ -196,6 +196,7 @@ class RunDir:
         # folder): `training.run_settings` under `kerastune run`, set before main.
         self.settings = RunSettings()
         self._resume_state = None
+        self.scratch = None  # another process's private copy (`processes.follow`)
 
     @property
     def resume_state(self):

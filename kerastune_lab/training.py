@@ -55,7 +55,13 @@ warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
 
 
 def fit_verbosity():
-    """Progress bars in a terminal; one line per epoch in a log or a pipe."""
+    """Progress bars in a terminal; one line per epoch in a log or a pipe;
+    none in processes other than 0 of several (`processes`): process 0's
+    figures are the run's."""
+    from kerastune_lab.processes import process_index
+
+    if process_index():
+        return 0
     return 1 if sys.stdout.isatty() else 2
 
 

@@ -128,7 +128,10 @@ class Stream:
             return (images,) + tuple(batch[1:])
 
         ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        # Several processes (`processes`): each keeps its rows of every batch.
+        from kerastune_lab.processes import own_rows
+
+        return own_rows(ds).prefetch(tf.data.AUTOTUNE)
 
 
 def augment_with_seed(layers, images, key):

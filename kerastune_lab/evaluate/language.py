@@ -28,9 +28,10 @@ def perplexity(model, x, y, sample_weight, batch_size=8):
     import numpy as np
 
     from kerastune_lab.models import detached_preprocessor
+    from kerastune_lab.processes import whole_outputs
 
     total, count = 0.0, 0.0
-    with detached_preprocessor(model):
+    with detached_preprocessor(model), whole_outputs():
         for start in range(0, len(y), batch_size):
             batch = {k: v[start:start + batch_size] for k, v in x.items()}
             logits = np.asarray(model.predict_on_batch(batch), dtype="float32")

@@ -59,7 +59,9 @@ def fit_packed(model, train, heldout, batch_size, epochs, seed=0, backup=None, c
         The Keras `History`.
     """
     stream = sequence_stream(train, batch_size, seed=seed)
-    validation = sequence_dataset(heldout, batch_size) if heldout is not None else None
+    from kerastune_lab.processes import own_rows
+
+    validation = own_rows(sequence_dataset(heldout, batch_size)) if heldout is not None else None
     with detached_preprocessor(model):
         return fit_resumable(model, stream, epochs, backup, callbacks=callbacks,
                              validation_data=validation, tensorboard=tensorboard)
