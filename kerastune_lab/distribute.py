@@ -161,8 +161,14 @@ def make_distribution(mode, backbone_cls=None, model_parallel=None, backbone_con
             model_parallel = fits[-1]
     m = model_parallel or n
     layout_map = backbone_cls.get_layout_map(_mesh(n, m, devices))
+    if n // m % process_count():
+        raise KerastuneError(
+            f"distribute=model with model_parallel={m}: the {n // m} devices on the batch "
+            f"axis do not split over the {process_count()} processes; choose a "
+            "model_parallel that leaves a multiple of the process count")
     return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch",
                                             auto_shard_dataset=auto_shard)
+
 
 
 def preset_distribution(mode, preset, model_parallel=None):
@@ -182,6 +188,28 @@ def preset_distribution(mode, preset, model_parallel=None):
 def scope(distribution):
     """`distribution.scope()`, or a scope that does nothing for None."""
     return distribution.scope() if distribution is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def replicated_inputs():
+    """While the block runs, the inputs given to the model under the
+    `keras.distribution` set now are placed whole on every device (a data
+    layout that splits nothing) instead of split over the batch axis: every
+    device computes every row, so a batch of any size works (the last,
+    smaller batch of an evaluation) and the outputs can be read back in
+    every process. Nothing without a distribution."""
+    import keras
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        yield
+        return
+    distribution.get_data_layout = lambda shape: keras.distribution.TensorLayout(
+        [None] * len(shape), distribution.device_mesh)
+    try:
+        yield
+    finally:
+        del distribution.get_data_layout  # the class's own again
 
 
 def remat_scope(mode="none"):

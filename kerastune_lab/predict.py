@@ -82,10 +82,12 @@ def predict_dataset(model, dataset):
     Labels come from the dataset itself, so they stay aligned with the
     predictions even where the pipeline dropped an unreadable file.
     """
-    from kerastune_lab.processes import whole_outputs
+    from kerastune_lab.distribute import replicated_inputs
 
     labels, probs = [], []
-    with whole_outputs():  # several processes: each predicts every batch
+    # Under a keras.distribution: each batch whole on every device (the last
+    # one need not split over them; every process reads every prediction).
+    with replicated_inputs():
         for x, y in dataset:
             logits = np.asarray(model.predict_on_batch(np.asarray(x)), dtype="float64")
             probs.append(_softmax(logits))

@@ -251,42 +251,52 @@ def _all_agree(ok):
 
 @contextlib.contextmanager
 def whole_outputs():
-    """With several processes: no `keras.distribution` while the block runs,
-    so that `predict` and `generate` give every process the whole output
-    (each computes all of it) instead of arrays that span other processes'
-    devices, which NumPy cannot read. Nothing with one process."""
+    """With several processes: the model's inputs placed whole on every
+    device while the block runs (`distribute.replicated_inputs`), so that
+    `predict` and `generate` give every process the whole output instead of
+    arrays that span other processes' devices, which NumPy cannot read.
+    Nothing with one process."""
     if process_count() < 2:
         yield
         return
-    import keras
+    from kerastune_lab.distribute import replicated_inputs
 
-    previous = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
-    try:
+    with replicated_inputs():
         yield
-    finally:
-        keras.distribution.set_distribution(previous)
 
 
 def own_rows(dataset):
-    """A batched tf.data pipeline with each batch cut to this process's rows
-    (process p of P keeps rows p*B/P to (p+1)*B/P of a batch of B): what
-    Keras assembles into the global batch on the devices
-    (`jax.make_array_from_process_local_data`). Each process computes the
-    whole batch, augmentation included, so its rows are exactly those of a
-    run in one process. `dataset` itself with one process. Batches must
-    split evenly (`distribute.batch_shards` checks the batch size,
-    `distribute.fill_windows` fills the last batch)."""
+    """A batched tf.data pipeline with each batch cut to this process's rows,
+    under the `keras.distribution` set now: the rows that the batch axis
+    puts on this process's devices, which Keras assembles into the global
+    batch (`jax.make_array_from_process_local_data`). Each process computes
+    the whole batch, augmentation included, so its rows are exactly those of
+    a run in one process. A batch whose rows do not split evenly over the
+    batch axis (the last, smaller one) is kept whole: every process gives
+    all of it, and `distribute` replicates it on every device. `dataset`
+    itself with one process or no distribution."""
     count = process_count()
     if count < 2:
         return dataset
+    import keras
     import tensorflow as tf
 
-    index = process_index()
+    from kerastune_lab.distribute import batch_shards
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return dataset
+    shards = batch_shards(distribution)
+    # This process's rows of a batch of `shards` rows (one a device).
+    sharding = distribution.get_data_layout((shards,)).backend_layout
+    spans = [index[0].indices(shards)[:2]
+             for index in sharding.addressable_devices_indices_map((shards,)).values()]
+    low, high = min(lo for lo, _ in spans), max(hi for _, hi in spans)
 
     def rows(t):
-        part = tf.shape(t)[0] // count
-        return t[index * part:(index + 1) * part]
+        n = tf.shape(t)[0]
+        part = n // shards
+        return tf.cond(n % shards == 0, lambda: t[low * part:high * part], lambda: t)
 
     return dataset.map(lambda *batch: tf.nest.map_structure(
         rows, batch if len(batch) > 1 else batch[0]))

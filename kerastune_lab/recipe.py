@@ -123,6 +123,13 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
 
     from kerastune_lab import resume
 
+    if processes.process_count() > 1 and getattr(cfg, "distribute", "none") == "none":
+        # Each process would train a model of its own on its rows of the batches.
+        raise KerastuneError(
+            f"recipe {module.RECIPE_NAME!r} runs in {processes.process_count()} processes: "
+            + ("pass distribute=data (or model) to train one model over their devices"
+               if hasattr(cfg, "distribute") else
+               "it has no distribute key, so it runs in one process only"))
     if plan_first:
         _plan_first(module, cfg)
     identity = {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),

@@ -97,6 +97,32 @@ class HistoryWriter(keras.callbacks.Callback):
         self.run.write_csv(HISTORY, self.rows)
 
 
+class ReplicatedValidation(keras.callbacks.Callback):
+    """The validation of a `fit` under a `keras.distribution`: at each epoch
+    end, `model.evaluate(data)` with each batch whole on every device
+    (`distribute.replicated_inputs`), its figures added to the epoch's logs
+    as `val_*` for the callbacks after it (history.csv, backups,
+    TensorBoard, the progress line). Keras' own validation would split every
+    batch over the devices, and JAX refuses a last batch of an odd size.
+
+    Args:
+        data: the validation data: a dataset, or an `(x, y)` tuple.
+    """
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    def on_epoch_end(self, epoch, logs=None):
+        from kerastune_lab.distribute import replicated_inputs
+
+        data = self.data if isinstance(self.data, tuple) else (self.data,)
+        with replicated_inputs():
+            results = self.model.evaluate(*data, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{name}": float(value) for name, value in results.items()})
+
+
 JIT_COMPILE = ("auto", "true", "false")  # the values of a recipe's `jit_compile` key
 # What "auto" means on torch: eager. torch.compile (jit_compile=True) won on
 # no recipe model enough to pay its minutes of compiling per process (ResNet
@@ -269,7 +295,7 @@ def dtype_policy(policy):
 
 
 def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=0,
-                  callbacks=(), tensorboard=None, **fit_kwargs):
+                  callbacks=(), tensorboard=None, whole_batches=False, **fit_kwargs):
     """`model.fit` of one phase, from where `backup` left off in it.
 
     Args:
@@ -288,6 +314,11 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
         tensorboard: str or None. A folder for TensorBoard logs
             (`TensorBoard`; a recipe passes `run.settings.tensorboard`), None
             for none.
+        whole_batches: bool. Under a `keras.distribution`: every batch of
+            `validation_data` splits evenly over the devices (e.g.
+            `distribute.fill_windows`), so Keras' own validation runs split;
+            else it runs with each batch whole on every device
+            (`ReplicatedValidation`).
         **fit_kwargs: for `model.fit` (`validation_data`, `class_weight`,
             `y`, ...). `verbose` defaults to `fit_verbosity()`.
 
@@ -319,6 +350,13 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
         callbacks.insert(0, tensorboard_callback(tensorboard, epoch, step,
                                                  fit_kwargs.get("steps_per_epoch")))
     fit_kwargs.setdefault("verbose", fit_verbosity())
+    if fit_kwargs.get("validation_data") is not None and keras.distribution.distribution():
+        if whole_batches:  # every batch splits over the devices (of every process)
+            from kerastune_lab.processes import own_rows
+
+            fit_kwargs["validation_data"] = own_rows(fit_kwargs["validation_data"])
+        else:  # first, so that every callback after it sees val_* in the logs
+            callbacks.insert(0, ReplicatedValidation(fit_kwargs.pop("validation_data")))
     if hasattr(train, "element_spec"):  # a tf.data pipeline, shuffled already (a Stream's is)
         fit_kwargs.setdefault("shuffle", False)  # else Keras warns that it ignores shuffle=True
     return model.fit(train, initial_epoch=epoch, epochs=epochs, callbacks=callbacks,

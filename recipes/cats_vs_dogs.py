@@ -5,6 +5,7 @@ Launch:
     kerastune run cats_vs_dogs                                     # resnet_50_imagenet on TFDS cats_vs_dogs
     kerastune run cats_vs_dogs --backend torch data=~/pets epochs=5
     kerastune run cats_vs_dogs head_epochs=3 head_learning_rate=3e-4 learning_rate=1e-5
+    kerastune run cats_vs_dogs --backend jax distribute=data               # every device (GPUs, TPU cores)
 Then:
     kerastune predict runs/cats_vs_dogs-<time> my_cat.jpg
 
@@ -28,6 +29,7 @@ import logging
 from kerastune_lab import testing
 from kerastune_lab.config import setting
 from kerastune_lab.data import augment, images
+from kerastune_lab.distribute import batch_shards, make_distribution, replicated_inputs, scope
 from kerastune_lab.evaluate import evaluate_classifier, write_report
 from kerastune_lab.evaluate.classification import headline
 from kerastune_lab.finetune import two_phase
@@ -63,6 +65,7 @@ class Config:
     precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))  # auto: from the accelerator (bfloat16 on TPUs and Ampere or newer GPUs, float16 with loss scaling on T4, P100, V100, float32 on CPU)
     save_every_steps: int = setting(0, ge=0)  # back up every N steps as well as at epoch ends (0: epoch ends only)
     jit_compile: str = setting("auto", choices=("auto", "true", "false"))  # compile the train step (XLA; torch.compile on torch); auto: Keras' auto on jax/tensorflow, eager on torch (faster there: docs/benchmarks.md)
+    distribute: str = setting("none", choices=("none", "data"))  # data: each batch split over every device (JAX only; several hosts: docs/backends-and-gpus.md)
     seed: int = setting(1337, ge=0)
 
 
@@ -107,50 +110,56 @@ def main(config, run):
              data.class_names)
     run.write_json(LABELS, data.class_names)
 
-    # Model: the preset's backbone with a new head for our classes.
-    model = load_image_classifier(preset, num_classes=len(data.class_names))
-    # The model that trains it: the image converter, then `model`; with the
-    # augmentation layers in front when they run in the model. `model`
-    # itself is saved, without augmentation.
-    layers = augmentation.layers(config.seed) if where == "model" else []
-    trainer = augment.Augmented(model, layers)
+    # Devices: with distribute=data, every batch is split over every device
+    # (of every process); the distribution is set before the model is built.
+    distribution = make_distribution(config.distribute)
+    batch_shards(distribution, config.batch_size)  # a batch size that splits evenly
+    with scope(distribution):
+        # Model: the preset's backbone with a new head for our classes.
+        model = load_image_classifier(preset, num_classes=len(data.class_names))
+        # The model that trains it: the image converter, then `model`; with the
+        # augmentation layers in front when they run in the model. `model`
+        # itself is saved, without augmentation.
+        layers = augmentation.layers(config.seed) if where == "model" else []
+        trainer = augment.Augmented(model, layers)
 
-    # Training, in two phases switched with `trainable` flags. `phases`
-    # announces each, numbers its epochs and backs it up as it goes (the
-    # same command resumes an interrupted run).
-    history = HistoryWriter(run)
-    phases = two_phase.Phases(
-        trainer, data.train_stream, data.val,
-        {two_phase.HEAD: config.head_epochs, two_phase.FINETUNE: config.epochs},
-        backup=Backup(run, config.save_every_steps), callbacks=[history],
-        tensorboard=run.settings.tensorboard)
+        # Training, in two phases switched with `trainable` flags. `phases`
+        # announces each, numbers its epochs and backs it up as it goes (the
+        # same command resumes an interrupted run).
+        history = HistoryWriter(run)
+        phases = two_phase.Phases(
+            trainer, data.train_stream, data.val,
+            {two_phase.HEAD: config.head_epochs, two_phase.FINETUNE: config.epochs},
+            backup=Backup(run, config.save_every_steps), callbacks=[history],
+            tensorboard=run.settings.tensorboard)
 
-    # Phase 1: only the new head learns, at a high rate; the backbone is frozen.
-    if phases.to_train(two_phase.HEAD):
-        model.backbone.trainable = False
-        two_phase.compile_classifier(trainer, config.head_learning_rate,
-                                     jit_compile=run.settings.jit_compile)
-        phases.fit(two_phase.HEAD)
+        # Phase 1: only the new head learns, at a high rate; the backbone is frozen.
+        if phases.to_train(two_phase.HEAD):
+            model.backbone.trainable = False
+            two_phase.compile_classifier(trainer, config.head_learning_rate,
+                                         jit_compile=run.settings.jit_compile)
+            phases.fit(two_phase.HEAD)
 
-    # Phase 2: everything learns, at a very low rate, to keep what the
-    # backbone knows; its BatchNorm layers stay frozen (inference mode).
-    if phases.to_train(two_phase.FINETUNE):
-        model.backbone.trainable = True
-        if not config.train_batchnorm:
-            two_phase.freeze_batchnorm(model.backbone)
-        two_phase.compile_classifier(trainer, config.learning_rate,  # again: the flags changed
-                                     jit_compile=run.settings.jit_compile)
-        phases.fit(two_phase.FINETUNE)
+        # Phase 2: everything learns, at a very low rate, to keep what the
+        # backbone knows; its BatchNorm layers stay frozen (inference mode).
+        if phases.to_train(two_phase.FINETUNE):
+            model.backbone.trainable = True
+            if not config.train_batchnorm:
+                two_phase.freeze_batchnorm(model.backbone)
+            two_phase.compile_classifier(trainer, config.learning_rate,  # again: the flags changed
+                                         jit_compile=run.settings.jit_compile)
+            phases.fit(two_phase.FINETUNE)
 
-    # Evaluation: validation accuracy after each phase; the per-class report,
-    # confusion matrix and curves on the validation split (the data has no
-    # test split: metrics.json says so under "evaluated_on").
-    y_true, probs = predict_dataset(model, data.val)
-    metrics = evaluate_classifier(run, y_true, probs, data.class_names, prefix="val")
-    metrics.update({f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
-                    for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)})
-    metrics["val_loss"], metrics["val_accuracy"] = trainer.evaluate(data.val, verbose=0)
-    metrics.update(num_train=data.num_train, num_val=data.num_val, skipped=data.skipped)
+        # Evaluation: validation accuracy after each phase; the per-class report,
+        # confusion matrix and curves on the validation split (the data has no
+        # test split: metrics.json says so under "evaluated_on").
+        y_true, probs = predict_dataset(model, data.val)
+        metrics = evaluate_classifier(run, y_true, probs, data.class_names, prefix="val")
+        metrics.update({f"{phase}_val_accuracy": history.last(phase)["val_accuracy"]
+                        for phase in (two_phase.HEAD, two_phase.FINETUNE) if history.last(phase)})
+        with replicated_inputs():  # distribute=data: each batch whole on every device
+            metrics["val_loss"], metrics["val_accuracy"] = trainer.evaluate(data.val, verbose=0)
+        metrics.update(num_train=data.num_train, num_val=data.num_val, skipped=data.skipped)
 
     # Saving: the model as a KerasHub preset, then the metrics and the report.
     run.save_model(model)

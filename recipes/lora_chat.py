@@ -9,6 +9,7 @@ Launch:
     kerastune run lora_chat lora_targets=query,key,value,attention_output quantize=int4
     kerastune run lora_chat --backend jax distribute=data                   # every device
     kerastune run lora_chat --backend jax distribute=model model_parallel=2
+    kerastune run lora_chat --backend jax distribute=data --coordinator HOST:PORT --num-processes 2 --process-id 0   # several hosts (docs/backends-and-gpus.md)
     kerastune run lora_chat sequence_length=1024 remat=activations
     kerastune run lora_chat preset=gpt2_base_en quantize=none
 Then:

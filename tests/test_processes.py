@@ -98,14 +98,7 @@ def _two_processes(args, audit=None, faults=(None, None), timeout=600):
 
 
 def _adapter(run):
-    import h5py
-
-    weights = {}
-    with h5py.File(os.path.join(run, "adapter.lora.h5"), "r") as f:
-        f.visititems(lambda name, obj: weights.__setitem__(name, np.array(obj))
-                     if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f" else None)
-    assert weights
-    return weights
+    return _h5_floats(os.path.join(run, "adapter.lora.h5"))
 
 
 def _assert_same_adapter(a, b, tol=1e-6):
@@ -156,17 +149,57 @@ def test_two_processes_train_the_adapter_of_one_with_four_devices_and_process_1_
     _assert_same_history(out, one_process)
 
 
-def _assert_same_history(a, b):
+def _assert_same_history(a, b, rows=2):
     """history.csv's figures (process 0's: the global batch's) match, but the seconds."""
     from kerastune_lab.runs import read_csv
 
     rows_a, rows_b = (read_csv(os.path.join(r, "history.csv")) for r in (a, b))
-    assert len(rows_a) == len(rows_b) == 2
+    assert len(rows_a) == len(rows_b) == rows
     for row_a, row_b in zip(rows_a, rows_b):
         assert row_a.keys() == row_b.keys()
         for key in row_a:
             if key not in ("seconds", "phase"):
                 assert float(row_a[key]) == pytest.approx(float(row_b[key]), abs=1e-5), key
+
+
+def _h5_floats(path):
+    import h5py
+
+    weights = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: weights.__setitem__(name, np.array(obj))
+                     if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f" else None)
+    assert weights
+    return weights
+
+
+def test_two_processes_fine_tune_the_image_classifier_of_one_with_four_devices(tmp_path):
+    """cats_vs_dogs in two phases, augmentation in the pipeline, with a last
+    training batch and a validation set that do not split over 4 devices
+    (38 and 10 images, batches of 16)."""
+    args = ["cats_vs_dogs", "--smoke", "--backend", "jax", "distribute=data"]
+    one = tmp_path / "one"
+    proc = subprocess.run([sys.executable, "-m", "kerastune_lab.cli", "run", *args, "-o", one],
+                          env=_env(4), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = tmp_path / "two"
+    for result in _two_processes(["run", *args, "-o", two]):
+        assert result.code == 0, result
+    from kerastune_lab.runs import read_csv
+
+    rows = read_csv(os.path.join(one, "history.csv"))
+    assert [r["phase"] for r in rows] == ["head", "head", "finetune", "finetune"]
+    assert float(rows[-1]["loss"]) < 0.5 * float(rows[0]["loss"])  # it trained
+    _assert_same_history(two, one, rows=4)
+    for file in ("model.weights.h5", "task.weights.h5"):  # the backbone, the whole task
+        a, b = (_h5_floats(os.path.join(run, "model", file)) for run in (one, two))
+        assert sorted(a) == sorted(b)
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=f"{file} {name}")
+    metrics = [json.load(open(os.path.join(r, "metrics.json"))) for r in (one, two)]
+    assert metrics[0]["num_val"] == 10
+    assert metrics[0]["val_loss"] == pytest.approx(metrics[1]["val_loss"], abs=1e-6)
+    assert metrics[0]["val_accuracy"] == metrics[1]["val_accuracy"]
 
 
 def test_a_killed_process_and_a_restart_of_both_resume_from_the_backup(one_process, tmp_path):
@@ -262,23 +295,70 @@ def test_flags_and_keras_environment_variables():
         "auto", None, None, 300.0)
 
 
-@pytest.mark.parametrize("index, rows", [(0, [0, 1, 2]), (1, [3, 4, 5])])
-def test_each_process_keeps_its_rows_of_every_batch(monkeypatch, index, rows):
-    """Process p of 2 keeps rows 3p to 3p+2 of each batch of 6, in every
-    element of the batch. (Both processes feeding the whole batch would
-    train the same: the mean over a batch given twice is the same mean;
-    only this shows it.)"""
+class _Sharding:
+    """What `own_rows` reads of a data layout's jax sharding: this process
+    holds rows `span` of a batch of one row a device."""
+
+    def __init__(self, span):
+        self.span = span
+
+    def addressable_devices_indices_map(self, shape):
+        lo, hi = self.span
+        return {f"device{r}": (slice(r, r + 1),) for r in range(lo, hi)}
+
+
+class _Distribution:
+    """A data-parallel distribution over 4 devices, 2 a process."""
+
+    batch_dim_name = "batch"
+
+    def __init__(self, span):
+        self.device_mesh = type("Mesh", (), {"shape": (4,), "axis_names": ("batch",)})()
+        self.span = span
+
+    def get_data_layout(self, shape):
+        assert shape == (4,)
+        return type("Layout", (), {"backend_layout": _Sharding(self.span)})()
+
+
+@pytest.mark.parametrize("span, rows", [((0, 2), [0, 1, 2, 3]), ((2, 4), [4, 5, 6, 7])])
+def test_each_process_keeps_its_rows_of_every_batch(monkeypatch, span, rows):
+    """The process whose devices hold rows `span` of 4 keeps those rows of
+    each batch of 8, in every element of the batch; a last batch that does
+    not split over the 4 devices stays whole. (Both processes feeding the
+    whole batch would train the same: the mean over a batch given twice is
+    the same mean; only this shows it.)"""
+    import keras
     import tensorflow as tf
 
     from kerastune_lab import processes
 
     monkeypatch.setattr(processes, "process_count", lambda: 2)
-    monkeypatch.setattr(processes, "process_index", lambda: index)
-    x = np.arange(12).reshape(12, 1)
-    ds = tf.data.Dataset.from_tensor_slices(({"ids": x}, x[:, 0] * 10)).batch(6)
+    monkeypatch.setattr(keras.distribution, "distribution", lambda: _Distribution(span))
+    x = np.arange(18).reshape(18, 1)
+    ds = tf.data.Dataset.from_tensor_slices(({"ids": x}, x[:, 0] * 10)).batch(8)
     batches = list(processes.own_rows(ds).as_numpy_iterator())
-    assert len(batches) == 2
-    for b, (features, labels) in enumerate(batches):
-        expected = [6 * b + r for r in rows]
+    assert len(batches) == 3
+    for b, (features, labels) in enumerate(batches[:2]):
+        expected = [8 * b + r for r in rows]
         assert features["ids"][:, 0].tolist() == expected
         assert labels.tolist() == [10 * e for e in expected]
+    assert batches[2][0]["ids"][:, 0].tolist() == [16, 17]  # 2 rows over 4 devices: whole
+
+
+@pytest.mark.parametrize("recipe, overrides, fragment", [
+    ("lora_chat", [], "pass distribute=data (or model)"),
+    ("cats_vs_dogs", [], "it has no distribute key"),
+])
+def test_a_recipe_without_a_distribution_is_refused_in_several_processes(
+        monkeypatch, tmp_path, recipe, overrides, fragment):
+    """Each process would otherwise train a model of its own on its rows."""
+    from kerastune_lab import processes
+    from kerastune_lab.recipe import run_recipe
+    from tests.conftest import raises_one_line
+
+    monkeypatch.setattr(processes, "process_count", lambda: 2)
+    raises_one_line(lambda: run_recipe(recipe, smoke=True, overrides=overrides,
+                                       output_dir=tmp_path / "run"),
+                    f"recipe {recipe!r} runs in 2 processes", fragment)
+    assert not os.path.exists(tmp_path / "run")

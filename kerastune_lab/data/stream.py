@@ -23,6 +23,7 @@ input ran out of data), and each time Keras iterates it, a new epoch: the
 epoch's number is drawn from a random sequence seeded with `seed`.
 """
 
+import functools
 import math
 
 # Seeds of epoch e and of batch i: (seed, e * EPOCH_STRIDE + i), for i < EPOCH_STRIDE.
@@ -79,7 +80,8 @@ class Stream:
         """The endless tf.data.Dataset of batches from batch `step` of epoch `epoch`."""
         import tensorflow as tf
 
-        ds = tf.data.Dataset.counter(int(epoch)).flat_map(self._one_epoch).skip(int(step))
+        one_epoch = functools.partial(self._one_epoch, whole=_distributed())
+        ds = tf.data.Dataset.counter(int(epoch)).flat_map(one_epoch).skip(int(step))
         return self._finish(ds)
 
     def as_dataset(self):
@@ -91,10 +93,11 @@ class Stream:
         epochs = tf.data.Dataset.random(seed=self.seed, rerandomize_each_iteration=True)
         # Epoch numbers past any real one, so that no shuffle seed repeats.
         epochs = epochs.take(1).map(lambda r: EPOCH_STRIDE + tf.math.floormod(r, 2 ** 31))
-        ds = self._finish(epochs.flat_map(self._one_epoch))
+        ds = self._finish(epochs.flat_map(
+            functools.partial(self._one_epoch, whole=_distributed())))
         return ds.apply(tf.data.experimental.assert_cardinality(self.steps_per_epoch))
 
-    def _one_epoch(self, e):
+    def _one_epoch(self, e, whole=False):
         import tensorflow as tf
 
         # The epoch's order depends on (seed, e) only, not on TensorFlow's
@@ -105,8 +108,13 @@ class Stream:
         if self.prepare is not None:
             ds = self.prepare(ds)
         # Exactly `steps` batches an epoch, even if `prepare` dropped an
-        # unreadable file, so that epochs never shift.
-        ds = ds.batch(self.batch_size).repeat().take(self.steps_per_epoch)
+        # unreadable file, so that epochs never shift. Under a
+        # keras.distribution every batch is whole (the last one ends with the
+        # epoch's first examples again), so that it splits over the devices.
+        if whole:
+            ds = ds.repeat().batch(self.batch_size).take(self.steps_per_epoch)
+        else:
+            ds = ds.batch(self.batch_size).repeat().take(self.steps_per_epoch)
         return ds.enumerate().map(lambda i, batch: (e, i, batch))
 
     def _finish(self, ds):
@@ -132,6 +140,13 @@ class Stream:
         from kerastune_lab.processes import own_rows
 
         return own_rows(ds).prefetch(tf.data.AUTOTUNE)
+
+
+def _distributed():
+    """Whether a `keras.distribution` is set (batches then split over devices)."""
+    import keras
+
+    return keras.distribution.distribution() is not None
 
 
 def augment_with_seed(layers, images, key):

@@ -59,9 +59,8 @@ def fit_packed(model, train, heldout, batch_size, epochs, seed=0, backup=None, c
         The Keras `History`.
     """
     stream = sequence_stream(train, batch_size, seed=seed)
-    from kerastune_lab.processes import own_rows
-
-    validation = own_rows(sequence_dataset(heldout, batch_size)) if heldout is not None else None
+    validation = sequence_dataset(heldout, batch_size) if heldout is not None else None
     with detached_preprocessor(model):
         return fit_resumable(model, stream, epochs, backup, callbacks=callbacks,
-                             validation_data=validation, tensorboard=tensorboard)
+                             validation_data=validation, tensorboard=tensorboard,
+                             whole_batches=True)  # windows filled: `distribute.fill_windows`
