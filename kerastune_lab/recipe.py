@@ -127,7 +127,7 @@ def run_recipe(path, smoke=False, overrides=(), output_dir=None, overwrite=False
         # Each process would train a model of its own on its rows of the batches.
         raise KerastuneError(
             f"recipe {module.RECIPE_NAME!r} runs in {processes.process_count()} processes: "
-            + ("pass distribute=data (or model) to train one model over their devices"
+            + ("pass distribute=data to train one model over their devices"
                if hasattr(cfg, "distribute") else
                "it has no distribute key, so it runs in one process only"))
     if plan_first:

@@ -347,8 +347,9 @@ def test_each_process_keeps_its_rows_of_every_batch(monkeypatch, span, rows):
 
 
 @pytest.mark.parametrize("recipe, overrides, fragment", [
-    ("lora_chat", [], "pass distribute=data (or model)"),
-    ("cats_vs_dogs", [], "it has no distribute key"),
+    ("lora_chat", [], "pass distribute=data to train one model"),
+    ("cats_vs_dogs", [], "pass distribute=data to train one model"),
+    ("xray_pneumonia", [], "it has no distribute key"),
 ])
 def test_a_recipe_without_a_distribution_is_refused_in_several_processes(
         monkeypatch, tmp_path, recipe, overrides, fragment):
