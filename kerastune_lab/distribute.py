@@ -125,11 +125,11 @@ def make_distribution(mode, backbone_cls=None, model_parallel=None, backbone_con
             f"distribute={mode} needs 2 or more devices; found {len(devices)} "
             f"({', '.join(map(str, devices))})"
         )
-    # Several processes: each feeds its own rows (`processes.own_rows`), so
+    # Several processes: each feeds its own rows (`distribute.own_rows`), so
     # Keras must not shard the datasets again.
     from kerastune_lab.processes import process_count
 
-    auto_shard = process_count() < 2
+    auto_shard = process_count() < 2  # (imported here: tests patch it)
     if mode == "data":
         return keras.distribution.DataParallel(devices=devices, auto_shard_dataset=auto_shard)
     if backbone_cls is None or not hasattr(backbone_cls, "get_layout_map"):
@@ -274,3 +274,58 @@ def call_filled(fn, items, shards):
         return []
     filled = list(items) + [items[0]] * (-len(items) % shards)
     return fn(filled)[:len(items)]
+
+
+# --- Several processes (`processes`) ---
+
+
+@contextlib.contextmanager
+def whole_outputs():
+    """With several processes: the model's inputs placed whole on every
+    device while the block runs (`distribute.replicated_inputs`), so that
+    `predict` and `generate` give every process the whole output instead of
+    arrays that span other processes' devices, which NumPy cannot read.
+    Nothing with one process."""
+    from kerastune_lab import processes
+
+    if processes.process_count() < 2:
+        yield
+        return
+    with replicated_inputs():
+        yield
+
+
+def own_rows(dataset):
+    """A batched tf.data pipeline with each batch cut to this process's rows,
+    under the `keras.distribution` set now: the rows that the batch axis
+    puts on this process's devices, which Keras assembles into the global
+    batch (`jax.make_array_from_process_local_data`). Each process computes
+    the whole batch, augmentation included, so its rows are exactly those of
+    a run in one process. A batch whose rows do not split evenly over the
+    batch axis (the last, smaller one) is kept whole: every process gives
+    all of it, and `distribute` replicates it on every device. `dataset`
+    itself with one process or no distribution."""
+    from kerastune_lab import processes
+
+    if processes.process_count() < 2:
+        return dataset
+    import keras
+    import tensorflow as tf
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return dataset
+    shards = batch_shards(distribution)
+    # This process's rows of a batch of `shards` rows (one a device).
+    sharding = distribution.get_data_layout((shards,)).backend_layout
+    spans = [index[0].indices(shards)[:2]
+             for index in sharding.addressable_devices_indices_map((shards,)).values()]
+    low, high = min(lo for lo, _ in spans), max(hi for _, hi in spans)
+
+    def rows(t):
+        n = tf.shape(t)[0]
+        part = n // shards
+        return tf.cond(n % shards == 0, lambda: t[low * part:high * part], lambda: t)
+
+    return dataset.map(lambda *batch: tf.nest.map_structure(
+        rows, batch if len(batch) > 1 else batch[0]))

@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from kerastune_lab import processes
 from kerastune_lab.data.chat_template import ChatTemplate
+from kerastune_lab.distribute import whole_outputs
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.models import detached_preprocessor
 from kerastune_lab.runs import ADAPTER, CHAT, CONFIG
@@ -131,7 +131,7 @@ class ChatGenerator:
         for row, ids in enumerate(encoded):
             token_ids[row, :len(ids)] = ids
             padding_mask[row, :len(ids)] = True
-        with detached_preprocessor(self.model), processes.whole_outputs():
+        with detached_preprocessor(self.model), whole_outputs():
             out = self.model.generate(
                 {"token_ids": token_ids, "padding_mask": padding_mask},
                 stop_token_ids=self.template.stop_token_ids or None)

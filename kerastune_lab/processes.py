@@ -11,11 +11,10 @@ KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES,
 KERAS_DISTRIBUTION_PROCESS_ID). `initialize` joins the processes through
 `jax.distributed.initialize` before anything else touches a device; then
 `keras.distribution.list_devices()` is every device of every process, and a
-recipe's `distribute=data|model` lays its mesh over all of them. Keras
-shards each tf.data input by process (`Distribution.distribute_dataset`):
-process p keeps the p-th part of every global batch, and the parts are
-assembled into one global batch on the devices, so `batch_size` means the
-same as on one host.
+recipe's `distribute=data|model` lays its mesh over all of them. Each
+process keeps its rows of every batch (`distribute.own_rows`; Keras' own
+sharding of datasets is off) and Keras assembles them into the global
+batch on the devices, so `batch_size` means the same as on one host.
 
 One writer: process 0 makes the run folder and writes every file of it.
 Each other process works in a private copy of the run folder
@@ -26,7 +25,6 @@ sees (the same disk on one host, NFS or a mounted bucket across hosts);
 `follow` refuses one it cannot see.
 """
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -247,56 +245,3 @@ def _all_agree(ok):
 
     flags = multihost_utils.process_allgather(np.array([1 if ok else 0], np.int32))
     return bool(np.all(flags))
-
-
-@contextlib.contextmanager
-def whole_outputs():
-    """With several processes: the model's inputs placed whole on every
-    device while the block runs (`distribute.replicated_inputs`), so that
-    `predict` and `generate` give every process the whole output instead of
-    arrays that span other processes' devices, which NumPy cannot read.
-    Nothing with one process."""
-    if process_count() < 2:
-        yield
-        return
-    from kerastune_lab.distribute import replicated_inputs
-
-    with replicated_inputs():
-        yield
-
-
-def own_rows(dataset):
-    """A batched tf.data pipeline with each batch cut to this process's rows,
-    under the `keras.distribution` set now: the rows that the batch axis
-    puts on this process's devices, which Keras assembles into the global
-    batch (`jax.make_array_from_process_local_data`). Each process computes
-    the whole batch, augmentation included, so its rows are exactly those of
-    a run in one process. A batch whose rows do not split evenly over the
-    batch axis (the last, smaller one) is kept whole: every process gives
-    all of it, and `distribute` replicates it on every device. `dataset`
-    itself with one process or no distribution."""
-    count = process_count()
-    if count < 2:
-        return dataset
-    import keras
-    import tensorflow as tf
-
-    from kerastune_lab.distribute import batch_shards
-
-    distribution = keras.distribution.distribution()
-    if distribution is None:
-        return dataset
-    shards = batch_shards(distribution)
-    # This process's rows of a batch of `shards` rows (one a device).
-    sharding = distribution.get_data_layout((shards,)).backend_layout
-    spans = [index[0].indices(shards)[:2]
-             for index in sharding.addressable_devices_indices_map((shards,)).values()]
-    low, high = min(lo for lo, _ in spans), max(hi for _, hi in spans)
-
-    def rows(t):
-        n = tf.shape(t)[0]
-        part = n // shards
-        return tf.cond(n % shards == 0, lambda: t[low * part:high * part], lambda: t)
-
-    return dataset.map(lambda *batch: tf.nest.map_structure(
-        rows, batch if len(batch) > 1 else batch[0]))

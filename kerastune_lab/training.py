@@ -352,7 +352,7 @@ def fit_resumable(model, train, epochs, backup=None, phase="train", first_epoch=
     fit_kwargs.setdefault("verbose", fit_verbosity())
     if fit_kwargs.get("validation_data") is not None and keras.distribution.distribution():
         if whole_batches:  # every batch splits over the devices (of every process)
-            from kerastune_lab.processes import own_rows
+            from kerastune_lab.distribute import own_rows
 
             fit_kwargs["validation_data"] = own_rows(fit_kwargs["validation_data"])
         else:  # first, so that every callback after it sees val_* in the logs

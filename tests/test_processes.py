@@ -331,13 +331,13 @@ def test_each_process_keeps_its_rows_of_every_batch(monkeypatch, span, rows):
     import keras
     import tensorflow as tf
 
-    from kerastune_lab import processes
+    from kerastune_lab import distribute, processes
 
     monkeypatch.setattr(processes, "process_count", lambda: 2)
     monkeypatch.setattr(keras.distribution, "distribution", lambda: _Distribution(span))
     x = np.arange(18).reshape(18, 1)
     ds = tf.data.Dataset.from_tensor_slices(({"ids": x}, x[:, 0] * 10)).batch(8)
-    batches = list(processes.own_rows(ds).as_numpy_iterator())
+    batches = list(distribute.own_rows(ds).as_numpy_iterator())
     assert len(batches) == 3
     for b, (features, labels) in enumerate(batches[:2]):
         expected = [8 * b + r for r in rows]

@@ -137,7 +137,7 @@ class Stream:
 
         ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
         # Several processes (`processes`): each keeps its rows of every batch.
-        from kerastune_lab.processes import own_rows
+        from kerastune_lab.distribute import own_rows
 
         return own_rows(ds).prefetch(tf.data.AUTOTUNE)
 

@@ -27,8 +27,8 @@ def perplexity(model, x, y, sample_weight, batch_size=8):
     """
     import numpy as np
 
+    from kerastune_lab.distribute import whole_outputs
     from kerastune_lab.models import detached_preprocessor
-    from kerastune_lab.processes import whole_outputs
 
     total, count = 0.0, 0.0
     with detached_preprocessor(model), whole_outputs():
