@@ -27,6 +27,7 @@ these subclasses, so quantize first (`quantize.quantize` says so).
 """
 
 import dataclasses
+import math
 import string
 
 import keras
@@ -198,9 +199,9 @@ def enable_lora(model, rank, alpha=None, targets=DEFAULT_TARGETS):
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise KerastuneError(f"lora_rank={rank!r}: expected a positive integer")
-    if alpha is not None and (isinstance(alpha, bool) or alpha <= 0
-                              or not isinstance(alpha, (int, float))):
-        raise KerastuneError(f"lora_alpha={alpha!r}: expected a positive number")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or not math.isfinite(alpha) or alpha <= 0):
+        raise KerastuneError(f"lora_alpha={alpha!r}: expected a finite positive number")
     backbone = backbone_of(model)
     if lora_state(backbone) is not None:
         raise KerastuneError("enable_lora: LoRA is already enabled on this backbone")
