@@ -386,3 +386,34 @@ def hf_weights(backbone, like):
     weights = _hf_exporter().MODEL_EXPORTERS[like](backbone, include_lm_head=True)
     return {name: np.asarray(keras.ops.convert_to_numpy(getattr(value, "value", value)))
             for name, value in weights.items()}
+
+
+# --- Several processes (processes.py, distribute.py) ---
+
+
+def jax_distributed_joined():
+    """Whether this process has joined JAX's distributed runtime
+    (`jax.distributed.initialize`): jax has no public test for it."""
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+
+
+def exit_now(code):
+    """Ends the process at once with `code`, from any thread (`os._exit`):
+    for a watchdog thread while the main thread is stuck in a C++ call."""
+    import os
+
+    os._exit(code)
+
+
+@contextlib.contextmanager
+def data_layout_replaced(distribution, layout):
+    """`distribution.get_data_layout(shape)` answers `layout(shape)` inside
+    the block (an attribute of the instance over Keras' method), Keras' own
+    method again after it."""
+    distribution.get_data_layout = layout
+    try:
+        yield
+    finally:
+        del distribution.get_data_layout

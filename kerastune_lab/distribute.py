@@ -204,12 +204,13 @@ def replicated_inputs():
     if distribution is None:
         yield
         return
-    distribution.get_data_layout = lambda shape: keras.distribution.TensorLayout(
-        [None] * len(shape), distribution.device_mesh)
-    try:
+    from kerastune_lab import compat
+
+    def whole(shape):
+        return keras.distribution.TensorLayout([None] * len(shape), distribution.device_mesh)
+
+    with compat.data_layout_replaced(distribution, whole):
         yield
-    finally:
-        del distribution.get_data_layout  # the class's own again
 
 
 def remat_scope(mode="none"):

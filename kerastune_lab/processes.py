@@ -151,15 +151,19 @@ def initialize(spec, backend_name):
 
 
 def _give_up(line):
+    from kerastune_lab import compat
+
     sys.stderr.write(line)
     sys.stderr.flush()
-    os._exit(2)
+    compat.exit_now(2)
 
 
 def _name_the_process(index, count):
-    """Log lines say which process speaks: "kerastune[1/2]: ..."."""
+    """Log lines on the terminal say which process speaks: "kerastune[1/2]: ..."."""
+    from kerastune_lab.cli_common import _StderrHandler
+
     for handler in logging.getLogger("kerastune_lab").handlers:
-        if handler.formatter is not None and handler.formatter._fmt.startswith("kerastune:"):
+        if isinstance(handler, _StderrHandler):
             handler.setFormatter(logging.Formatter(f"kerastune[{index}/{count}]: %(message)s"))
 
 
@@ -177,9 +181,9 @@ def process_count():
 
 
 def _initialized(jax):
-    from jax._src import distributed
+    from kerastune_lab import compat
 
-    return distributed.global_state.client is not None
+    return compat.jax_distributed_joined()
 
 
 def lead(path):
