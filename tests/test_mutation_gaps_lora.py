@@ -196,7 +196,8 @@ def test_a_starts_as_peft_kaiming_uniform_and_b_at_zero():
     lora.enable_lora(model, 64, targets="proj")
     a = _np(model.get_layer("proj").lora_a)
     bound = 1 / np.sqrt(400)  # kaiming_uniform(a=sqrt(5)): sqrt(1 / fan_in)
-    assert np.abs(a).max() <= bound and np.abs(a).max() > 0.95 * bound
+    # float32 factors: a draw at the bound rounds to float32(1/20) > 1/20 (seen in CI)
+    assert np.abs(a).max() <= np.float32(bound) and np.abs(a).max() > 0.95 * bound
     assert abs(a.mean()) < 0.05 * bound and len(np.unique(a)) > 1000
     np.testing.assert_array_equal(_np(model.get_layer("proj").lora_b), 0)
 
