@@ -28,7 +28,9 @@ from kerastune_lab.errors import KerastuneError
 from kerastune_lab.processes import from_flags
 from tests.conftest import ROOT, CliResult, assert_one_line_error, run_cli
 
-pytestmark = pytest.mark.backend_independent  # always --backend jax: run once
+# Always --backend jax in their own processes: run once, in CI's tensorflow
+# pass (beside the longer jax pass; setup.cfg).
+pytestmark = [pytest.mark.backend_independent, pytest.mark.tensorflow_lane]
 
 LORA = ("lora_chat", "--smoke", "--backend", "jax", "distribute=data", "batch_size=4",
         "save_every_steps=1")
