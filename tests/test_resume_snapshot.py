@@ -130,3 +130,20 @@ def test_another_model_or_epoch_length_is_refused(tmp_path):
     (tmp_path / snapshot.BACKUP_FILE).write_bytes(b"not a zip")
     with pytest.raises(KerastuneError, match="cannot be read"):
         snapshot.read_state(tmp_path)
+
+
+def test_restore_without_a_backup_or_with_only_damaged_copies_says_which(tmp_path):
+    model = _model()
+    empty = tmp_path / "empty"
+    with pytest.raises(snapshot.BackupUnreadable) as info:
+        snapshot.restore(empty, snapshot.model_variables(model))
+    assert str(info.value) == f"no backup in {str(empty)!r}"
+    snapshot.write(tmp_path / "run", INFO, snapshot.model_variables(model))
+    (tmp_path / "run" / snapshot.BACKUP_FILE).write_bytes(b"not a zip")
+    with pytest.raises(snapshot.BackupUnreadable) as info:
+        snapshot.restore(tmp_path / "run", snapshot.model_variables(model))
+    latest = str(tmp_path / "run" / snapshot.BACKUP_FILE)
+    size = (tmp_path / "run" / "manifest.json").read_text()
+    size = json.loads(size)["backups"][0]["size"]
+    assert str(info.value).startswith(
+        f"backup {latest!r} cannot be read (latest.npz has 9 bytes, {size} were written): pass")
