@@ -241,9 +241,8 @@ def _restore(path, model, optimizer, steps_per_epoch):
         np.random.set_state(("MT19937", f["rng.numpy"], pos, has_gauss, gauss))
         python_state, python_gauss = state["rng"]["python"]
         random.setstate((3, tuple(python_state), python_gauss))
-        generator = _global_seed_generator()
-        if generator is not None and "rng.keras" in f.files:
-            generator.state.assign(f["rng.keras"])
+        if "rng.keras" in f.files:
+            _global_seed_generator(create=True).state.assign(f["rng.keras"])
         torch_rng = {k: f[k] for k in ("rng.torch", "rng.torch_cuda") if k in f.files}
     return Restored(state, metrics, torch_rng)
 
@@ -292,11 +291,19 @@ def _check(what, saved, variables, file, path):
     return [file[f"{what}.{i}"] for i in range(len(here))]
 
 
-def _global_seed_generator():
+def _global_seed_generator(create=False):
+    """Keras' global seed generator, or None where nothing has drawn from it
+    yet. `create`: make it then (a fresh process, or after
+    `keras.utils.set_random_seed`), seeded 0 (not from Python's random
+    state, which is put back before it), for its state to be assigned."""
     from kerastune_lab import compat
 
-    return compat.get_global_attribute("global_seed_generator",
-                                       "saving and restoring Keras' random state")
+    needed_by = "saving and restoring Keras' random state"
+    generator = compat.get_global_attribute("global_seed_generator", needed_by)
+    if generator is None and create:
+        generator = keras.random.SeedGenerator(seed=0)
+        compat.set_global_attribute("global_seed_generator", generator, needed_by)
+    return generator
 
 
 def _torch_rng_state():

@@ -288,6 +288,17 @@ def test_what_a_script_gets_from_the_defaults():
     assert model.jit_compile is (not auto)
     two_phase.compile_classifier(model, 1e-3)
     assert model.jit_compile == auto
+    # The recipes' trainer with augmentation in the model: a plain Keras
+    # model, with no loss of its own to fall back on (a KerasHub task has).
+    from kerastune_lab.data.augment import Augmented
+
+    trainer = Augmented(model, [keras.layers.RandomFlip("horizontal")])
+    two_phase.compile_classifier(trainer, 2e-4)
+    config = trainer.get_compile_config()
+    assert config["loss"]["class_name"] == "SparseCategoricalCrossentropy"
+    assert config["loss"]["config"]["from_logits"] is True
+    assert config["optimizer"]["class_name"] == "Adam"
+    np.testing.assert_allclose(config["optimizer"]["config"]["learning_rate"], 2e-4, rtol=1e-6)
     model.backbone.trainable = False
     two_phase.set_backbone_trainable(model, True)
     layers = compat.sublayers(model.backbone)
