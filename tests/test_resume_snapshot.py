@@ -170,9 +170,13 @@ def test_a_backup_holding_pickled_objects_is_refused_never_unpickled(tmp_path):
     with open(path, "wb") as f:
         np.savez(f, state=np.array([_Planted(str(planted))], dtype=object))
     model = _model()
-    with pytest.raises(snapshot.BackupUnreadable, match="cannot be read"):
+    with pytest.raises(snapshot.BackupUnreadable) as info:
         snapshot.restore(tmp_path, snapshot.model_variables(model), path=str(path))
     assert not planted.exists()
+    why = "ValueError: Object arrays cannot be loaded when allow_pickle=False"
+    assert info.value.why == why
+    assert info.value.cli_message == (f"backup {str(path)!r} cannot be read ({why}): pass "
+                                      "--overwrite to start the run again")
 
 
 def test_keras_random_state_is_put_back_where_nothing_has_drawn_from_it_yet(tmp_path):
