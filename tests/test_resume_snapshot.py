@@ -192,3 +192,59 @@ def test_keras_random_state_is_put_back_where_nothing_has_drawn_from_it_yet(tmp_
     again = _draws()
     for key in ("python", "numpy", "keras"):
         np.testing.assert_array_equal(again[key], expected[key], err_msg=key)
+
+
+def test_a_second_write_keeps_the_first_as_the_previous_copy(tmp_path):
+    import datetime
+
+    model = _model()
+    before = datetime.datetime.now(datetime.timezone.utc)
+    first = snapshot.write(tmp_path, INFO, snapshot.model_variables(model))
+    snapshot.write(tmp_path, dict(INFO, epoch=2, step=0), snapshot.model_variables(model))
+    saved = datetime.datetime.fromisoformat(first["saved"])
+    assert saved.utcoffset() == datetime.timedelta(0)
+    assert before <= saved <= datetime.datetime.now(datetime.timezone.utc)
+    manifest = json.loads((tmp_path / snapshot.MANIFEST_FILE).read_text())
+    assert [(b["file"], b["phase"], b["epoch"], b["step"]) for b in manifest["backups"]] == [
+        (snapshot.BACKUP_FILE, "finetune", 2, 0), (snapshot.PREVIOUS_FILE, "finetune", 1, 2)]
+    kept = snapshot.restore(tmp_path, snapshot.model_variables(model),
+                            path=str(tmp_path / snapshot.PREVIOUS_FILE))
+    assert kept.state == first
+
+
+def test_a_write_keeps_no_copy_that_no_manifest_will_name(tmp_path):
+    """`previous=None` keeps the new copy alone; so does a write whose copy
+    to keep (chosen earlier) is gone by then: the older previous.npz goes."""
+    model = _model()
+
+    def write(epoch, **kwargs):
+        snapshot.write(tmp_path, dict(INFO, epoch=epoch), snapshot.model_variables(model),
+                       **kwargs)
+        manifest = json.loads((tmp_path / snapshot.MANIFEST_FILE).read_text())
+        return ([(b["file"], b["epoch"]) for b in manifest["backups"]],
+                sorted(p.name for p in tmp_path.glob("*.npz")))
+
+    write(1)
+    assert write(2) == ([(snapshot.BACKUP_FILE, 2), (snapshot.PREVIOUS_FILE, 1)],
+                        [snapshot.BACKUP_FILE, snapshot.PREVIOUS_FILE])
+    assert write(3, previous=None) == ([(snapshot.BACKUP_FILE, 3)], [snapshot.BACKUP_FILE])
+    write(4)
+    chosen = snapshot.choose(tmp_path).entry
+    assert (chosen["file"], chosen["epoch"]) == (snapshot.BACKUP_FILE, 4)
+    (tmp_path / snapshot.BACKUP_FILE).unlink()
+    assert write(5, previous=chosen) == ([(snapshot.BACKUP_FILE, 5)], [snapshot.BACKUP_FILE])
+    assert snapshot.read_state(tmp_path)["epoch"] == 5
+
+
+def test_a_bfloat16_variable_is_written_as_float32_and_put_back_exactly(tmp_path):
+    variable = keras.Variable(np.array([1.5, -2.25, 3.0e-3], "float32"), dtype="bfloat16")
+    expected = np.asarray(keras.ops.convert_to_numpy(variable)).astype("float32")
+    snapshot.write(tmp_path, INFO, [variable])
+    with np.load(tmp_path / snapshot.BACKUP_FILE, allow_pickle=False) as f:
+        assert f["model.0"].dtype == np.float32
+        np.testing.assert_array_equal(f["model.0"], expected)
+    variable.assign(np.zeros(3, "float32"))
+    snapshot.restore(tmp_path, [variable])
+    assert keras.backend.standardize_dtype(variable.dtype) == "bfloat16"
+    np.testing.assert_array_equal(
+        np.asarray(keras.ops.convert_to_numpy(variable)).astype("float32"), expected)
