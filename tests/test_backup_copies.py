@@ -375,3 +375,35 @@ def test_cli_with_the_backup_deleted_starts_over(cli, tmp_path, tmp_path_factory
         "or it was deleted): starting over from epoch 1",
     ], result.stderr
     _assert_same_run(out, reference)
+
+
+def test_the_newest_copy_deleted_the_previous_one_is_kept_under_its_own_checksum(tmp_path):
+    import hashlib
+
+    # Both copies have the same size (same shapes): found by size alone, the
+    # previous copy was recorded under the deleted one's checksum, and lost.
+    first, second = _write_two(tmp_path)
+    assert len(first) == len(second) and first != second
+    (tmp_path / BACKUP_FILE).unlink()
+    snapshot.write(tmp_path, dict(INFO, step=3), snapshot.model_variables(_model()))
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert [(e["file"], e["step"], e["sha256"]) for e in manifest["backups"][1:]] == [
+        (PREVIOUS_FILE, 1, hashlib.sha256(first).hexdigest())]
+    assert (tmp_path / PREVIOUS_FILE).read_bytes() == first
+    # It is there to fall back on.
+    _flip_byte(tmp_path / BACKUP_FILE)
+    found = snapshot.choose(tmp_path)
+    assert (found.path, found.state["step"]) == (str(tmp_path / PREVIOUS_FILE), 1)
+    assert [s.why for s in found.skipped] == ["latest.npz does not match its SHA-256"]
+
+
+def test_the_newest_copy_under_the_other_name_is_kept_by_default(tmp_path):
+    # A crash between the two renames of a write, then a write that keeps
+    # the newest copy (the default): found under previous.npz by checksum.
+    first, second = _write_two(tmp_path)
+    os.replace(tmp_path / BACKUP_FILE, tmp_path / PREVIOUS_FILE)
+    snapshot.write(tmp_path, dict(INFO, step=3), snapshot.model_variables(_model()))
+    assert (tmp_path / PREVIOUS_FILE).read_bytes() == second
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert [(e["file"], e["step"]) for e in manifest["backups"]] == [
+        (BACKUP_FILE, 3), (PREVIOUS_FILE, 2)]

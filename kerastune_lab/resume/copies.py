@@ -189,16 +189,21 @@ def _read_manifest(directory):
 
 
 def _newest(directory):
-    """The manifest's entry of the newest copy, its file as found now (by
-    size: the checksum was checked when it was written or chosen), or None."""
-    entries = _read_manifest(directory)
-    if not entries:
-        return None
-    entry = entries[0]
-    for name in [entry["file"]] + [n for n in _FILES if n != entry["file"]]:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path) and os.path.getsize(path) == entry["size"]:
-            return dict(entry, file=name)
+    """The manifest's entry of the newest copy still there, its file as found
+    now, or None. An entry's own file is matched by size (its checksum was
+    checked when it was written or chosen); a file under the other name (a
+    crash between the two renames of `write`, or a copy deleted since) by
+    its SHA-256 too: two copies of one model have the same size."""
+    for entry in _read_manifest(directory) or ():
+        for name in [entry["file"]] + [n for n in _FILES if n != entry["file"]]:
+            path = os.path.join(directory, name)
+            if not os.path.isfile(path) or os.path.getsize(path) != entry["size"]:
+                continue
+            try:
+                if name == entry["file"] or _sha256(path) == entry["sha256"]:
+                    return dict(entry, file=name)
+            except OSError:
+                continue
     return None
 
 
