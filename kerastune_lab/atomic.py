@@ -10,6 +10,7 @@ writer still at work.
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -138,6 +139,44 @@ def write_json(path, obj, sync=True):
     """Writes `obj` as indented JSON to `path` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n",
                sync=sync)
+
+
+SUMS_FILE = "SHA256SUMS"  # in a saved model folder: `sha256sum -c SHA256SUMS` checks it
+
+
+def sha256_file(path):
+    """The SHA-256 of the file at `path`, in hex, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_sums(folder, suffixes=(".h5",)):
+    """Records the SHA-256 of each file of `folder` ending in `suffixes` in
+    `folder/SHA256SUMS`, in `sha256sum`'s format (`read_sums` reads it)."""
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(suffixes)
+                   and os.path.isfile(os.path.join(folder, n)))
+    write_text(os.path.join(folder, SUMS_FILE),
+               "".join(f"{sha256_file(os.path.join(folder, n))}  {n}\n" for n in names))
+
+
+def read_sums(folder):
+    """{file name: SHA-256} as `write_sums` recorded them in `folder`; {}
+    without a SHA256SUMS file (a folder saved by an earlier version). A line
+    that is not `<64 hex digits>  <name>` is left out."""
+    try:
+        with open(os.path.join(folder, SUMS_FILE), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    sums = {}
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) and name:
+            sums[name] = digest
+    return sums
 
 
 def write_csv(path, rows):

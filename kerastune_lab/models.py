@@ -19,6 +19,7 @@ import json
 import os
 import re
 
+from kerastune_lab.atomic import SUMS_FILE, read_sums, sha256_file
 from kerastune_lab.config import closest
 from kerastune_lab.errors import KerastuneError
 from kerastune_lab.hub.handles import CONFIG_FILE as PRESET_CONFIG
@@ -122,14 +123,20 @@ def _hdf5_problem(error):
 
 def check_weights(run_path, folder=MODEL_DIR):
     """Opens each HDF5 weights file of a run's model folder (h5py, no Keras):
-    one cut short, empty or holding something else is one line naming it.
-    (Bytes overwritten inside a whole file are not seen: nothing records a
-    checksum of the weights.)"""
+    one cut short, empty or holding something else is one line naming it;
+    so is one whose bytes are not those the run saved (its SHA-256 against
+    the folder's SHA256SUMS, `RunDir.save_model`; a folder saved by an
+    earlier version has none, and only the first checks are made)."""
     model = os.path.join(run_path, folder)
     if not os.path.isdir(model):
         return
     import h5py
 
+    sums = read_sums(model)
+    for name in sorted(sums):
+        if not os.path.exists(os.path.join(model, name)):
+            raise _damaged_weights(run_path, f"{folder}/{name}",
+                                   f"missing; {SUMS_FILE} records it")
     for name in sorted(os.listdir(model)):
         if not name.lower().endswith((".h5", ".hdf5")):
             continue
@@ -144,6 +151,9 @@ def check_weights(run_path, folder=MODEL_DIR):
             raise _damaged_weights(run_path, f"{folder}/{name}", _hdf5_problem(e)) from None
         if empty:
             raise _damaged_weights(run_path, f"{folder}/{name}", "an HDF5 file holding nothing")
+        if name in sums and sha256_file(path) != sums[name]:
+            raise _damaged_weights(run_path, f"{folder}/{name}",
+                                   f"its bytes are not those whose SHA-256 {SUMS_FILE} records")
 
 
 @contextlib.contextmanager

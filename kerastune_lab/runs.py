@@ -15,7 +15,8 @@ these names, never a string of its own (tests/test_run_layout.py checks).
       tensorboard/    TENSORBOARD_DIR: TensorBoard logs (where the recipe asks)
       backup/         BACKUP_DIR: the training backup, while unfinished (`resume`)
       model/          MODEL_DIR: the trained model as a KerasHub preset
-                      (`from_preset`; its task.json names the task class)
+                      (`from_preset`; task.json names its task class, SHA256SUMS
+                      the SHA-256 of its weights, checked when it is loaded)
       adapter.lora.h5 ADAPTER: a LoRA run's adapter, instead of model/
       labels.json     LABELS: class names, index order (classifiers)
       chat.json       CHAT: the chat template the model was tuned with
@@ -55,6 +56,7 @@ from kerastune_lab.atomic import (  # noqa: F401  (part of this module's API)
     read_csv,
     write_csv,
     write_json,
+    write_sums,
     write_text,
 )
 from kerastune_lab.errors import KerastuneError
@@ -141,9 +143,8 @@ def _in_run(name):
 
 
 def _lock_run(path):
-    """`RunLock.acquire` of an existing run folder; None where the lock file
-    cannot be made (a read-only folder: `check_writable` then says so),
-    unless another process holds it."""
+    """`RunLock.acquire` of an existing run folder; None where the lock file cannot be
+    made (a read-only folder: `check_writable` says so), unless another process holds it."""
     try:
         return RunLock.acquire(path)
     except OSError:
@@ -200,10 +201,9 @@ class RunDir:
 
     @property
     def resume_state(self):
-        """What the run resumes from (`resume.state.ResumeState`: the backup's
-        phase, epoch and step, and history.csv's rows), read once, at the
-        first ask; `resume.Backup`, `training.HistoryWriter`,
-        `training.fit_resumable` and `two_phase.Phases` all read this one."""
+        """What the run resumes from (`resume.state.ResumeState`: the backup's phase, epoch
+        and step, and history.csv's rows), read once, at the first ask; `resume.Backup`,
+        `training.HistoryWriter`, `training.fit_resumable` and `two_phase.Phases` read it."""
         if self._resume_state is None:
             from kerastune_lab.resume.state import ResumeState
 
@@ -401,9 +401,10 @@ class RunDir:
         return data
 
     def save_model(self, model, name=MODEL_DIR):
-        """Saves a KerasHub task as a preset folder, atomically."""
+        """Saves a KerasHub task as a preset folder, atomically (SHA256SUMS: `check_weights`)."""
         with atomic_path(self.file(name)) as tmp:
             model.save_to_preset(tmp)
+            write_sums(tmp)
 
     @property
     def trained(self):

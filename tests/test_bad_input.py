@@ -129,6 +129,17 @@ def _weights_of_nothing(path):
         f.create_group("vars")
 
 
+def _weights_changed(path):
+    """One weight of a Keras weights file changed in place: a whole HDF5 file."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        name = []
+        f.visititems(lambda n, obj: name.append(n) if isinstance(obj, h5py.Dataset)
+                     and not name else None)
+        f[name[0]][...] = f[name[0]][...] + 1
+
+
 def _adapter_nan(path):
     """A NaN in the first LoRA factor of an adapter file."""
     import h5py
@@ -163,7 +174,11 @@ ADAPTER = "adapter.lora.h5"
 DAMAGED = {
     "predict-weights-cut-short": ("image", {WEIGHTS: _cut(100)}),
     "predict-weights-garbage": ("image", {WEIGHTS: b"not hdf5 at all" * 100}),
-    "predict-weights-of-nothing": ("image", {WEIGHTS: _weights_of_nothing}),
+    "predict-weights-changed": ("image", {WEIGHTS: _weights_changed}),
+    "predict-weights-missing": ("image", {WEIGHTS: os.remove}),
+    # A run saved before SHA256SUMS: the weights are checked by loading them.
+    "predict-weights-of-nothing": ("image", {WEIGHTS: _weights_of_nothing,
+                                             "model/SHA256SUMS": os.remove}),
     "predict-model-config-not-json": ("image", {"model/config.json": b'{"class_name": '}),
     "predict-labels-not-json": ("image", {"labels.json": b'["cat", "do'}),
     "predict-labels-not-a-list": ("image", {"labels.json": b'{"cat": 0, "dog": 1}'}),
@@ -303,6 +318,11 @@ CASES = [
       "expected the weights the run saved", DAMAGE_FIX]),
     ("predict-weights-garbage", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
      ["model/model.weights.h5 is damaged (not an HDF5 file)"]),
+    ("predict-weights-changed", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["{damaged}", "model/model.weights.h5 is damaged (its bytes are not those whose SHA-256 "
+      "SHA256SUMS records)", "expected the weights the run saved", DAMAGE_FIX]),
+    ("predict-weights-missing", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
+     ["{damaged}", "model/model.weights.h5 is damaged (missing; SHA256SUMS records it)"]),
     ("predict-weights-of-nothing", ["predict", "{damaged}", "{in}/oneclass/cat/cat_0000.jpg"],
      ["{damaged}", "model/ cannot be loaded", "could not be loaded",
       "expected the model the run saved"]),

@@ -221,6 +221,47 @@ def test_weights_folder_or_empty_file(run_dir):
                     "model/model.weights.h5 is damaged (empty)")
 
 
+def test_weights_whose_bytes_changed_are_refused_by_their_recorded_sha256(run_dir):
+    # Bytes overwritten inside a whole HDF5 file: h5py opens it and Keras
+    # would load it; only the SHA-256 recorded when it was saved tells.
+    import h5py
+
+    from kerastune_lab.atomic import SUMS_FILE, write_sums
+
+    model = os.path.join(run_dir, "model")
+    os.mkdir(model)
+    path = os.path.join(model, "model.weights.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("vars/0", data=[1.0, 2.0, 3.0])
+    write_sums(model)
+    models.check_weights(run_dir)  # as saved
+    # sha256sum's own format: the tool checks the folder as is.
+    if shutil.which("sha256sum"):
+        subprocess.run(["sha256sum", "--check", "--strict", SUMS_FILE], cwd=model,
+                       check=True, capture_output=True)
+    with open(os.path.join(model, SUMS_FILE)) as f:
+        assert [line.split("  ")[1] for line in f.read().splitlines()] == ["model.weights.h5"]
+    with h5py.File(path, "r+") as f:
+        f["vars/0"][1] = 2.5
+    raises_one_line(lambda: models.check_weights(run_dir),
+                    f"run dir {run_dir!r}: model/model.weights.h5 is damaged (its bytes are not "
+                    "those whose SHA-256 SHA256SUMS records): expected the weights the run "
+                    "saved (an HDF5 file written by save_to_preset); re-run the recipe or "
+                    "restore the file")
+    os.remove(path)
+    raises_one_line(lambda: models.check_weights(run_dir),
+                    "model/model.weights.h5 is damaged (missing; SHA256SUMS records it)")
+    # A folder saved by an earlier version has no SHA256SUMS: the other checks.
+    with h5py.File(path, "w") as f:
+        f.create_dataset("vars/0", data=[0.0])
+    os.remove(os.path.join(model, SUMS_FILE))
+    models.check_weights(run_dir)
+    # Lines that are not `<sha256>  <name>` are left out, not trusted.
+    with open(os.path.join(model, SUMS_FILE), "w") as f:
+        f.write("not a sum  model.weights.h5\n" + "0" * 63 + "  model.weights.h5\n")
+    models.check_weights(run_dir)
+
+
 def test_checks_import_no_keras(run_dir):
     # What the CLI checks before Keras loads must not load it itself.
     import h5py

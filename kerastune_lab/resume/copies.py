@@ -11,6 +11,7 @@ import zipfile
 
 import numpy as np
 
+from kerastune_lab.atomic import sha256_file as _sha256
 from kerastune_lab.errors import KerastuneError
 
 BACKUP_FILE = "latest.npz"  # the newest backup: arrays and their state, one file
@@ -118,14 +119,6 @@ def choose(directory):
             continue
         return Found(path, state, dict(entry, file=name), skipped)
     return Found(None, None, None, skipped)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _digest_of(backups):
