@@ -137,6 +137,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from kerastune_lab import testing
+from kerastune_lab.atomic import sha256_file as _sha256
 
 # The recipes' default presets and the tiny preset kind that stands in for each.
 KAGGLE_PRESETS = {
@@ -220,14 +221,6 @@ def kaggle_cache(cache_root, presets=KAGGLE_PRESETS):
 def _git_blob_sha1(path):
     h = hashlib.sha1()
     h.update(b"blob %d\0" % os.path.getsize(path))
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sha256(path):
-    h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
