@@ -338,3 +338,45 @@ def test_a_keras_without_the_global_state_names_the_random_state_as_what_needs_i
     assert needs in str(info.value), str(info.value)
     monkeypatch.undo()
     assert _generator() is None
+
+
+def test_torch_cuda_generator_states_are_saved_and_put_back_where_cuda_is(monkeypatch):
+    """torch's CUDA generators (a GPU machine's): saved only where CUDA is
+    available and initialized, put back only where the device count is the
+    one saved. CUDA is played by monkeypatch: this machine has none."""
+    import keras
+    import torch
+
+    from kerastune_lab.resume import snapshot
+
+    saved = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5, 6], dtype=torch.uint8)]
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    for available, initialized in ((True, False), (False, True)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialized)
+        assert sorted(snapshot._torch_rng_state()) == ["rng.torch"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    arrays = snapshot._torch_rng_state()
+    assert sorted(arrays) == ["rng.torch", "rng.torch_cuda"]
+    np.testing.assert_array_equal(arrays["rng.torch"], torch.get_rng_state().numpy())
+    assert arrays["rng.torch_cuda"].dtype == np.uint8
+    np.testing.assert_array_equal(arrays["rng.torch_cuda"], [[1, 2, 3], [4, 5, 6]])
+
+    put = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all",
+                        lambda states: put.append([s.numpy().tolist() for s in states]))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cpu = torch.get_rng_state().numpy()
+    first = torch.rand(3)
+    snapshot.set_torch_rng_state(arrays)
+    assert torch.equal(torch.rand(3), first)  # the CPU generator put back too
+    assert put == [[[1, 2, 3], [4, 5, 6]]]
+    snapshot.set_torch_rng_state({"rng.torch": cpu})  # no CUDA state saved
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # not the count saved
+    snapshot.set_torch_rng_state(arrays)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    snapshot.set_torch_rng_state(arrays)
+    assert put == [[[1, 2, 3], [4, 5, 6]]]
