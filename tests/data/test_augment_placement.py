@@ -119,6 +119,10 @@ def test_the_batches_and_the_training_model_agree_with_config_json(recipe, where
     if where == "pipeline":
         assert _random_layers(trainer) == []
         assert not np.allclose(first, unaugmented, atol=1.0)  # augmented before fit
+        # ... on predict's pixel scale (0-255, as the validation batches): flips,
+        # rotations, zooms and contrast move pixels, not the batch's brightness.
+        assert unaugmented.max() > 128 and first.max() > 128
+        assert abs(first.mean() - unaugmented.mean()) <= 0.1 * unaugmented.mean()
     else:
         assert _random_layers(trainer)  # RandomRotation, RandomZoom, ...
         np.testing.assert_array_equal(first, unaugmented)  # augmented inside the model

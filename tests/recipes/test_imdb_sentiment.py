@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 from kerastune_lab import testing
@@ -160,5 +161,15 @@ def test_mixed_precision_run_loads_back(cli, tmp_path):
     saved = json.loads((out / "model" / "config.json").read_text())["config"]["dtype"]
     assert saved["config"]["name"] == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"  # put back after the run
-    entry, = load_classifier(out)("a great film")
-    assert entry["label"] in ("NEGATIVE", "POSITIVE") and 0.5 <= entry["score"] <= 1.0
+    classifier = load_classifier(out)
+    texts = ["a great film", "a dull and awful film", "fine"]
+    probs = classifier.predict_proba(texts)
+    entry, = classifier(texts[0])
+    assert classifier.class_names == ["NEGATIVE", "POSITIVE"]
+    assert entry == {"label": classifier.class_names[int(probs[0].argmax())],
+                     "score": pytest.approx(float(probs[0].max()), abs=1e-6)}
+    # The weights came from the file: a second load gives the same
+    # probabilities (freshly initialized weights would not).
+    again = load_classifier(out).predict_proba(texts)
+    assert np.abs(probs - 0.5).max() > 1e-4  # not a model that says 0.5 to all
+    np.testing.assert_allclose(again, probs, rtol=0, atol=1e-6)
