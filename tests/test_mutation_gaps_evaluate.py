@@ -291,3 +291,41 @@ def test_the_curves_get_the_classes_and_the_threshold_point(tmp_path, monkeypatc
     summary = evaluate_classifier(run, [0, 1, 2], np.eye(3) * 0.5 + 0.1, ["a", "b", "c"])
     assert calls[-1][4] == [0, 1, 2] and calls[-1][6] is None
     assert summary["test_curves"] == "one vs rest, macro average over the classes present"
+
+
+@pytest.mark.backend_independent
+def test_report_md_reads_the_class_report_as_utf8_in_any_locale(tmp_path):
+    """classification_report.txt with a non-ASCII class name goes into
+    report.md here and in a process whose locale encoding is ASCII (LC_ALL=C,
+    no UTF-8 mode, as on a machine whose locale is not UTF-8): read as the
+    UTF-8 it was written in. (The call here makes mutmut map this test to
+    write_report: it records the calls of this process only.)"""
+    import os
+    import subprocess
+    import sys
+
+    import kerastune_lab
+
+    text = "              precision\n\n   caf\u00e9 cr\u00e8me       1.00\n"
+    for name in ("here", "there"):
+        run = RunDir.create(tmp_path / name)
+        run.write_text("classification_report.txt", text)
+        run.release()
+    write_report(RunDir(str(tmp_path / "here")), {}, "T")
+    assert text.rstrip("\n") in _read(RunDir(str(tmp_path / "here")), "report.md")
+    # The package this process imports (under mutmut, the mutated copy).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(kerastune_lab.__file__)))
+    code = ("import locale, sys\n"
+            "from kerastune_lab.evaluate import write_report\n"
+            "from kerastune_lab.runs import RunDir\n"
+            "write_report(RunDir(sys.argv[1]), {}, 'T')\n"
+            "print(locale.getpreferredencoding(False))\n")
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+               PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "there")], cwd=root,
+                          env=env, capture_output=True, text=True, encoding="utf-8",
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] != "UTF-8"  # the locale really is not UTF-8
+    assert _read(RunDir(str(tmp_path / "there")), "report.md") == _read(
+        RunDir(str(tmp_path / "here")), "report.md")

@@ -447,3 +447,22 @@ def test_under_a_distribution_every_batch_is_whole(monkeypatch):
     monkeypatch.setattr(keras.distribution, "distribution", lambda: "a distribution")
     assert _labels(stream.epoch(0)) == [order[:4], order[4:8], order[8:] + order[:2]]
     assert [len(b) for b in _labels(stream.as_dataset())] == [4, 4, 4]
+
+
+def test_evaluate_image_folder_of_the_root_folder_is_named_data(tmp_path, fake_model, monkeypatch):
+    """The folder `/` has no name of its own: its evaluation is eval-data.
+    (The scan of `/` is played by a small folder's.)"""
+    from kerastune_lab.data import images
+
+    run = _make_run(tmp_path / "run")
+    _solid_png(tmp_path / "d" / "red" / "0.png", (200, 0, 10))
+    scan, seen = images.scan_image_folder, []
+
+    def scan_root(data, **kwargs):
+        seen.append(data)
+        return scan(str(tmp_path / "d"), **kwargs)
+
+    monkeypatch.setattr(images, "scan_image_folder", scan_root)
+    out = predict.evaluate_image_folder(run, os.sep)
+    assert seen == [os.sep] and out.path == os.path.join(run, "eval-data")
+    assert sorted(d for d in os.listdir(run) if d.startswith("eval-")) == ["eval-data"]
