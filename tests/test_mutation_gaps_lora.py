@@ -667,3 +667,44 @@ def test_merged_model_and_the_float_base(saved, tmp_path, monkeypatch):
                      {"seed": 3})]
     assert lora.lora_state(task).rank == RANK
 
+
+
+def test_merge_adapter_rounds_a_float16_kernel_through_float32(tmp_path):
+    """The merged float64 kernel reaches a float16 kernel through float32:
+    1 + 2^-11 + 2^-30 is 1 + 2^-11 in float32, a tie float16 breaks to 1,
+    where a cast straight from float64 gives 1 + 2^-10. Factors exact in
+    float16, alpha 4 over rank 2 (scale 2)."""
+    import keras_hub
+
+    def float16_llama():
+        return keras_hub.models.CausalLM.from_preset(testing.tiny_preset("llama"),
+                                                     preprocessor=None, dtype="float16")
+
+    lm = float16_llama()
+    lora.enable_lora(lm, 2, 4.0, ("query",))
+    layer = lora.lora_state(lm).layers[QUERY]
+    a = np.zeros(tuple(layer.lora_a.shape))
+    b = np.zeros(tuple(layer.lora_b.shape))
+    a.reshape(-1, 2)[0] = [2.0 ** -6, 2.0 ** -15]
+    b.reshape(2, -1)[:, 0] = [2.0 ** -6, 2.0 ** -16]
+    for other in lora.lora_state(lm).layers.values():
+        other.lora_a.assign(np.zeros(tuple(other.lora_a.shape)))
+        other.lora_b.assign(np.zeros(tuple(other.lora_b.shape)))
+    layer.lora_a.assign(a)
+    layer.lora_b.assign(b)
+    path = lora.save_adapter(lm, tmp_path / "f16.lora.h5", preset="tiny/llama")
+
+    base = float16_llama()
+    query = lora.layer_paths(base)[QUERY]
+    delta = Factorisation.of(query).delta(a, b, 2.0)
+    assert np.count_nonzero(delta) == 1 and delta.max() == 2.0 ** -11 + 2.0 ** -30
+    at = np.unravel_index(np.argmax(delta), delta.shape)
+    kernel = _np(query.kernel).copy()
+    kernel[at] = 1.0
+    query.kernel.assign(kernel)
+    exact = kernel.astype("float64") + delta
+    assert exact[at].astype("float16") == 1 + 2.0 ** -10  # straight from float64
+    lora.merge_adapter(base, path)
+    merged = _np(query.kernel)
+    assert merged.dtype == np.float16 and merged[at] == 1.0
+    np.testing.assert_array_equal(merged, exact.astype("float32").astype("float16"))
