@@ -136,6 +136,24 @@ main(sys.argv[1:])
 """
 
 
+def run_in_ascii_locale(code, *args):
+    """Runs Python `code` (argv: `args`) in a process whose locale encoding is
+    ASCII (LC_ALL=C, no UTF-8 mode, no locale coercion), importing
+    kerastune_lab from where this process does (under mutmut, the mutated
+    copy). Checks that it exits 0 and that its locale is not UTF-8."""
+    import kerastune_lab
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(kerastune_lab.__file__)))
+    code += "\nimport locale\nprint(locale.getpreferredencoding(False))\n"
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+               PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=root, env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] != "UTF-8"  # the locale really is not UTF-8
+    return proc
+
+
 def run_guarded(*args):
     """Runs `kerastune` with the heavy imports refused (`GUARD`)."""
     proc = subprocess.run([sys.executable, "-c", GUARD, *map(str, args)], capture_output=True,

@@ -300,11 +300,7 @@ def test_report_md_reads_the_class_report_as_utf8_in_any_locale(tmp_path):
     no UTF-8 mode, as on a machine whose locale is not UTF-8): read as the
     UTF-8 it was written in. (The call here makes mutmut map this test to
     write_report: it records the calls of this process only.)"""
-    import os
-    import subprocess
-    import sys
-
-    import kerastune_lab
+    from tests.conftest import run_in_ascii_locale
 
     text = "              precision\n\n   caf\u00e9 cr\u00e8me       1.00\n"
     for name in ("here", "there"):
@@ -313,19 +309,9 @@ def test_report_md_reads_the_class_report_as_utf8_in_any_locale(tmp_path):
         run.release()
     write_report(RunDir(str(tmp_path / "here")), {}, "T")
     assert text.rstrip("\n") in _read(RunDir(str(tmp_path / "here")), "report.md")
-    # The package this process imports (under mutmut, the mutated copy).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(kerastune_lab.__file__)))
-    code = ("import locale, sys\n"
-            "from kerastune_lab.evaluate import write_report\n"
-            "from kerastune_lab.runs import RunDir\n"
-            "write_report(RunDir(sys.argv[1]), {}, 'T')\n"
-            "print(locale.getpreferredencoding(False))\n")
-    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
-               PYTHONPATH=root)
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "there")], cwd=root,
-                          env=env, capture_output=True, text=True, encoding="utf-8",
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-1] != "UTF-8"  # the locale really is not UTF-8
+    run_in_ascii_locale("import sys\n"
+                        "from kerastune_lab.evaluate import write_report\n"
+                        "from kerastune_lab.runs import RunDir\n"
+                        "write_report(RunDir(sys.argv[1]), {}, 'T')", tmp_path / "there")
     assert _read(RunDir(str(tmp_path / "there")), "report.md") == _read(
         RunDir(str(tmp_path / "here")), "report.md")

@@ -17,7 +17,7 @@ from kerastune_lab.errors import KerastuneError
 from kerastune_lab.export import hf, peft
 from kerastune_lab.finetune import lora
 from kerastune_lab.finetune.quantize import quantize
-from tests.conftest import raises_one_line
+from tests.conftest import raises_one_line, run_in_ascii_locale
 from tests.test_mutation_gaps_lora import ALPHA, RANK, _set_factors
 
 # The KerasHub preset -> Hugging Face name table as it must read (typed out
@@ -486,10 +486,6 @@ def test_save_chat_template_reads_utf8_in_any_locale(tmp_path):
     mode): read as UTF-8, not in the locale's encoding. (The call here also
     makes mutmut map this test to save_chat_template: it records calls in
     this process only.)"""
-    import subprocess
-    import sys
-
-    import kerastune_lab
 
     class Template:
         def jinja(self):
@@ -504,19 +500,10 @@ def test_save_chat_template_reads_utf8_in_any_locale(tmp_path):
     hf.save_chat_template(Template(), str(here))
     assert (here / "tokenizer_config.json").read_text(encoding="utf-8") == expected
     (tmp_path / "tokenizer_config.json").write_text(raw, encoding="utf-8")
-    # The package this process imports (under mutmut, the mutated copy).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(kerastune_lab.__file__)))
-    code = ("import locale, sys\n"
-            "from kerastune_lab.export import hf\n"
-            "class T:\n"
-            "    def jinja(self):\n"
-            "        return 'x'\n"
-            "hf.save_chat_template(T(), sys.argv[1])\n"
-            "print(locale.getpreferredencoding(False))\n")
-    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
-               PYTHONPATH=root)
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root, env=env,
-                          capture_output=True, text=True, encoding="utf-8", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-1] != "UTF-8"  # the locale really is not UTF-8
+    run_in_ascii_locale("import sys\n"
+                        "from kerastune_lab.export import hf\n"
+                        "class T:\n"
+                        "    def jinja(self):\n"
+                        "        return 'x'\n"
+                        "hf.save_chat_template(T(), sys.argv[1])", tmp_path)
     assert (tmp_path / "tokenizer_config.json").read_text(encoding="utf-8") == expected
